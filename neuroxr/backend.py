@@ -1,0 +1,67 @@
+"""The xarray backend: ``xr.open_dataset(path, engine="sensorium")`` opens a scan folder or .zip.
+
+Small glue over :func:`neuroxr.layout.read_layout` and :func:`neuroxr.dataset.build_dataset`.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import xarray as xr
+from xarray.backends import BackendEntrypoint
+
+from neuroxr.dataset import build_dataset
+from neuroxr.layout import read_layout
+
+
+def looks_like_scan(path: str | os.PathLike[str]) -> bool:
+    """Cheap test: a folder with ``data/`` and ``meta/`` (itself or one level down), or a .zip archive."""
+    path = Path(path)
+    if path.is_dir():
+        if (path / "data").is_dir() and (path / "meta").is_dir():
+            return True
+        children = [child for child in path.iterdir() if child.is_dir()]
+        return len(children) == 1 and (children[0] / "data").is_dir() and (children[0] / "meta").is_dir()
+    return path.suffix.lower() == ".zip" and path.is_file() and zipfile.is_zipfile(path)
+
+
+class SensoriumBackendEntrypoint(BackendEntrypoint):
+    """Open one Sensorium 2022 scan (folder or .zip) as the neuroxr data model.
+
+    >>> import xarray as xr
+    >>> ds = xr.open_dataset("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip", engine="sensorium")  # doctest: +SKIP
+    """
+
+    description = "Sensorium mouse visual cortex scans (folder or .zip of per-trial .npy files)"
+    open_dataset_parameters: ClassVar[tuple[str, ...]] = (
+        "filename_or_obj",
+        "drop_variables",
+        "mask_withheld",
+        "trials_per_chunk",
+    )
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        mask_withheld: bool = True,
+        trials_per_chunk: int | None = None,
+    ) -> xr.Dataset:
+        """Open a scan; ``trials_per_chunk`` sets the preferred dask chunk along ``trial`` (default ~64 MB)."""
+        if isinstance(drop_variables, str):
+            drop_variables = [drop_variables]
+        layout = read_layout(os.fspath(filename_or_obj))
+        return build_dataset(
+            layout, drop_variables=drop_variables, mask_withheld=mask_withheld, trials_per_chunk=trials_per_chunk
+        )
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        try:
+            return looks_like_scan(os.fspath(filename_or_obj))
+        except (TypeError, OSError, ValueError):
+            return False

@@ -1,0 +1,231 @@
+"""The layout: what a Sensorium scan holds, read from its listing, its meta/ arrays and one header per variable.
+
+``read_layout`` checks the tree (parts present, file numbers 0..N-1 in every data folder, meta arrays
+of the right length, no pickled arrays) and every problem it finds names the file. ``check_files``
+goes further and reads the header of every trial file, for ``neuroxr validate``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from neuroxr import model
+from neuroxr.errors import ScanError
+from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array, parse_header
+from neuroxr.source import Series, Source, open_source
+
+_SCAN_KEY = re.compile(r"(\d+-\d+-\d+)-(?:GrayImageNet|ColorImageNet|preproc|Video)")
+_TRIAL_FILE = re.compile(r"(0|[1-9][0-9]*)\.npy")
+
+
+@dataclass
+class TrialVariable:
+    """One ``data/<name>/`` folder: its numbered files and the header of file 0."""
+
+    name: str
+    series: Series
+    header: NpyHeader
+
+
+@dataclass
+class ScanLayout:
+    """Everything known about a scan without reading its trial payloads."""
+
+    source: Source
+    n_trials: int
+    variables: dict[str, TrialVariable]
+    trials: dict[str, np.ndarray]  #: meta/trials/<stem>.npy
+    neurons: dict[str, np.ndarray]  #: meta/neurons/<stem>.npy
+    statistics: dict[str, dict[str, dict[str, np.ndarray]]]  #: variable -> subset -> statistic -> array
+    release_name: str
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def scan_key(self) -> str:
+        """``animal-session-scan``: from the release name, else from meta/neurons."""
+        match = _SCAN_KEY.search(self.release_name)
+        if match:
+            return match.group(1)
+        parts = [self.neurons.get(stem) for stem in ("animal_ids", "sessions", "scan_idx")]
+        if all(part is not None and len(part) for part in parts):
+            return "-".join(str(part[0]) for part in parts)  # type: ignore[index]
+        return self.release_name
+
+    @property
+    def n_neurons(self) -> int:
+        return len(self.neurons[model.NEURON_INDEX_FILE])
+
+
+def _load_meta(source: Source, relative: str) -> np.ndarray:
+    return load_array(source.read(relative), source.label(relative))
+
+
+def _group_files(files: dict[str, int]) -> dict[str, list[str]]:
+    """Relative paths grouped by their folder."""
+    folders: dict[str, list[str]] = {}
+    for relative in files:
+        folder, _, name = relative.rpartition("/")
+        folders.setdefault(folder, []).append(name)
+    return folders
+
+
+def _trial_count(source: Source, folder: str, names: list[str]) -> int:
+    """Check that a data folder holds exactly ``0.npy`` .. ``N-1.npy``; return N."""
+    numbers = []
+    for name in names:
+        match = _TRIAL_FILE.fullmatch(name)
+        if not match:
+            raise ScanError(
+                source.label(f"{folder}/{name}"),
+                "unexpected file in a data folder: expected trial files named <number>.npy",
+            )
+        numbers.append(int(match.group(1)))
+    numbers.sort()
+    if numbers != list(range(len(numbers))):
+        present = set(numbers)
+        missing = next(number for number in range(len(numbers) + 1) if number not in present)
+        raise ScanError(
+            source.label(folder),
+            f"trial files must be numbered 0..{len(numbers) - 1} without gaps; {missing}.npy is missing",
+        )
+    return len(numbers)
+
+
+def _read_header(source: Source, variable: str) -> NpyHeader:
+    relative = model.trial_file(variable, 0)
+    series = source.series(f"{model.DATA_DIR}/{variable}", 1, ".npy")
+    buffer = bytearray(HEADER_PROBE)
+    got = series.readinto(0, [memoryview(buffer)])
+    return parse_header(bytes(buffer[:got]), source.label(relative))
+
+
+def _check_length(source: Source, relative: str, array: np.ndarray, expected: int, what: str) -> None:
+    if array.ndim == 0 or len(array) != expected:
+        found = "a scalar" if array.ndim == 0 else f"length {len(array)}"
+        raise ScanError(source.label(relative), f"expected one entry per {what} ({expected}), found {found}")
+
+
+def read_layout(path: str | os.PathLike[str] | Source) -> ScanLayout:
+    """Read the listing, meta/ arrays and first headers of the scan at ``path``.
+
+    >>> layout = read_layout("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6")  # doctest: +SKIP
+    >>> layout.n_trials, layout.scan_key  # doctest: +SKIP
+    (5994, '21067-10-18')
+    """
+    source = path if hasattr(path, "series") else open_source(path)  # type: ignore[arg-type]
+    folders = _group_files(source.files())
+    data_folders = {
+        folder.split("/", 1)[1]: names
+        for folder, names in folders.items()
+        if folder.startswith(f"{model.DATA_DIR}/") and folder.count("/") == 1
+    }
+    for required in (model.TRIALS_DIR, model.NEURONS_DIR):
+        if required not in folders:
+            raise ScanError(source.label(required), "missing: every scan has this folder of meta arrays")
+    if not data_folders:
+        raise ScanError(source.label(model.DATA_DIR), "missing or empty: no per-trial data folders")
+
+    counts = {name: _trial_count(source, f"{model.DATA_DIR}/{name}", names) for name, names in data_folders.items()}
+    if len(set(counts.values())) > 1:
+        listed = ", ".join(f"{name}: {count}" for name, count in sorted(counts.items()))
+        raise ScanError(source.label(model.DATA_DIR), f"data folders hold different numbers of trial files ({listed})")
+    n_trials = next(iter(counts.values()))
+    if n_trials == 0:
+        raise ScanError(source.label(model.DATA_DIR), "the data folders hold no trial files")
+
+    ordered = [name for name in model.DATA_VARIABLES if name in counts] + sorted(set(counts) - set(model.DATA_VARIABLES))
+    variables = {
+        name: TrialVariable(name, source.series(f"{model.DATA_DIR}/{name}", n_trials, ".npy"), _read_header(source, name))
+        for name in ordered
+    }
+
+    def meta_arrays(directory: str) -> dict[str, np.ndarray]:
+        return {
+            name[:-4]: _load_meta(source, f"{directory}/{name}")
+            for name in sorted(folders.get(directory, []))
+            if name.endswith(".npy")
+        }
+
+    trials = meta_arrays(model.TRIALS_DIR)
+    neurons = meta_arrays(model.NEURONS_DIR)
+    if model.NEURON_INDEX_FILE not in neurons:
+        raise ScanError(source.label(f"{model.NEURONS_DIR}/{model.NEURON_INDEX_FILE}.npy"), "missing: the unit ids name the neurons")
+    n_neurons = len(neurons[model.NEURON_INDEX_FILE])
+    if "responses" in variables and variables["responses"].header.shape[:1] != (n_neurons,):
+        raise ScanError(
+            source.label(model.trial_file("responses", 0)),
+            f"holds responses of shape {variables['responses'].header.shape}, "
+            f"but meta/neurons/unit_ids.npy lists {n_neurons} neurons",
+        )
+    for stem, array in trials.items():
+        _check_length(source, f"{model.TRIALS_DIR}/{stem}.npy", array, n_trials, "trial")
+    for stem, array in neurons.items():
+        _check_length(source, f"{model.NEURONS_DIR}/{stem}.npy", array, n_neurons, "neuron")
+    unit_ids = neurons[model.NEURON_INDEX_FILE]
+    if len(np.unique(unit_ids)) != len(unit_ids):
+        raise ScanError(source.label(f"{model.NEURONS_DIR}/unit_ids.npy"), "unit ids are not unique")
+
+    statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
+    prefix = f"{model.STATISTICS_DIR}/"
+    for folder, names in folders.items():
+        if not folder.startswith(prefix) or folder.count("/") != 3:
+            continue
+        variable, subset = folder[len(prefix) :].split("/")
+        for name in names:
+            if name.endswith(".npy"):
+                array = _load_meta(source, f"{folder}/{name}")
+                statistics.setdefault(variable, {}).setdefault(subset, {})[name[:-4]] = array
+
+    return ScanLayout(source, n_trials, variables, trials, neurons, statistics, source.name)
+
+
+# -- full check (neuroxr validate) -----------------------------------------------------------------
+
+
+def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = None) -> Iterator[str]:
+    """Read the header and size of every trial file; yield one message per problem, the file named first.
+
+    ``progress`` is called with 1 after each file.
+    """
+    for variable in layout.variables.values():
+        expected = variable.header
+        buffer = bytearray(HEADER_PROBE)
+        for number in range(layout.n_trials):
+            label = variable.series.label(number)
+            try:
+                got = variable.series.readinto(number, [memoryview(buffer)])
+                prefix = bytes(buffer[:got])
+                header = expected if prefix.startswith(expected.raw) else parse_header(prefix, label)
+                if header.shape != expected.shape or not _same_type(header.dtype, expected.dtype):
+                    yield (
+                        f"{label}: holds {header.dtype} {header.shape}, "
+                        f"expected {expected.dtype} {expected.shape} like {variable.series.label(0)}"
+                    )
+                else:
+                    size = _size_of(variable.series, number)
+                    if size != header.file_bytes:
+                        problem = "truncated" if size < header.file_bytes else "has trailing bytes"
+                        yield f"{label}: {problem}: {size} bytes, the header promises {header.file_bytes}"
+            except ScanError as error:
+                yield str(error)
+            except OSError as error:
+                yield f"{label}: cannot be read ({error.strerror or error})"
+            if progress is not None:
+                progress(1)
+
+
+def _same_type(found: np.dtype, expected: np.dtype) -> bool:
+    """Equal dtypes, byte order aside (a byte-swapped file decodes to the same values)."""
+    return found.newbyteorder("=") == expected.newbyteorder("=")
+
+
+def _size_of(series: Series, number: int) -> int:
+    sizes = getattr(series, "sizes", None)
+    if sizes is not None:
+        return int(sizes[number])
+    return os.stat(series.label(number)).st_size

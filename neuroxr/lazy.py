@@ -1,0 +1,103 @@
+"""Lazy arrays: a variable's trial files read a block at a time, as an xarray ``BackendArray``.
+
+Inside a block the header of file 0 is known; each file's header bytes are compared with it and its
+payload is read straight into the output array (one ``preadv`` per file on a folder). A file whose
+header differs is decoded with a pickle-free ``np.load`` and accepted only if it holds the same shape
+and type. Withheld cells are set to NaN here, so masking stays lazy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from xarray.backends import BackendArray
+from xarray.core import indexing
+
+from neuroxr.errors import ScanError
+from neuroxr.npy import NpyHeader, load_array
+from neuroxr.source import Series
+
+#: Default dask chunk size along ``trial``, in bytes of the largest variable.
+CHUNK_BYTES = 64 * 2**20
+
+
+def trials_per_chunk(bytes_per_trial: int, n_trials: int, target: int = CHUNK_BYTES) -> int:
+    """Trials per dask chunk so that one chunk of the largest variable holds about ``target`` bytes."""
+    return int(max(1, min(n_trials, target // max(1, bytes_per_trial))))
+
+
+class TrialReader:
+    """Reads any set of trials of one variable into a new array. Picklable: paths and offsets only."""
+
+    def __init__(self, series: Series, header: NpyHeader, masked_trials: np.ndarray | None = None) -> None:
+        self.series = series
+        self.header = header
+        self.masked_trials = masked_trials  # bool per trial: cells to set to NaN
+        self.stored_dtype = header.dtype.newbyteorder("=")
+        masking = masked_trials is not None and bool(masked_trials.any())
+        self.dtype = np.result_type(self.stored_dtype, np.float32) if masking else self.stored_dtype
+        self.fast = not (header.fortran_order and len(header.shape) > 1) and header.dtype.isnative
+
+    def read(self, trials: np.ndarray) -> np.ndarray:
+        """Stack the files of ``trials`` (file numbers, any order, repeats allowed)."""
+        out = np.empty((len(trials), *self.header.shape), dtype=self.stored_dtype)
+        expected = self.header.raw
+        header_buffer = bytearray(len(expected))
+        header_view = memoryview(header_buffer)
+        wanted = self.header.file_bytes
+        for row, number in enumerate(trials):
+            number = int(number)
+            if self.fast:
+                payload = memoryview(out[row : row + 1]).cast("B")
+                try:
+                    got = self.series.readinto(number, [header_view, payload])
+                except FileNotFoundError as error:
+                    raise ScanError(self.series.label(number), "missing (was the scan changed after opening?)") from error
+                if got == wanted and header_buffer == expected:
+                    continue
+            out[row] = self._decode(number)
+        if self.dtype != self.stored_dtype:
+            out = out.astype(self.dtype)
+        if self.masked_trials is not None:
+            out[self.masked_trials[trials]] = np.nan
+        return out
+
+    def _decode(self, number: int) -> np.ndarray:
+        """The slow path: decode one whole file and check it matches file 0."""
+        label = self.series.label(number)
+        array = load_array(self.series.read(number), label)
+        if array.shape != self.header.shape or array.dtype.newbyteorder("=") != self.stored_dtype:
+            raise ScanError(
+                label,
+                f"holds {array.dtype} {array.shape}, expected {self.header.dtype} {self.header.shape} "
+                f"like {self.series.label(0)}",
+            )
+        return array
+
+
+class TrialStackArray(BackendArray):
+    """All trials of one variable as a lazily indexed ``(trial, ...)`` array (outer indexing)."""
+
+    def __init__(self, reader: TrialReader, n_trials: int) -> None:
+        self.reader = reader
+        self.shape = (n_trials, *reader.header.shape)
+        self.dtype = reader.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        trial_key, rest = key[0], key[1:]
+        if isinstance(trial_key, slice):
+            trials = np.arange(self.shape[0])[trial_key]
+        else:
+            trials = np.atleast_1d(np.asarray(trial_key, dtype=np.int64))
+        block = self.reader.read(trials)
+        if not isinstance(trial_key, slice) and np.ndim(trial_key) == 0:
+            block = block[0]
+        first = block.ndim - len(rest)
+        for axis in reversed(range(len(rest))):  # last axis first, so an int index shifts nothing pending
+            index = rest[axis]
+            if not (isinstance(index, slice) and index == slice(None)):
+                block = block[(slice(None),) * (first + axis) + (index,)]
+        return block
+
