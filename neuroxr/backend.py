@@ -60,6 +60,36 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
             layout, drop_variables=drop_variables, mask_withheld=mask_withheld, trials_per_chunk=trials_per_chunk
         )
 
+    supports_groups = True
+
+    def open_groups_as_dict(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        mask_withheld: bool = True,
+    ) -> dict[str, xr.Dataset]:
+        """A folder of scans as ``{"/": attrs only, "/<scan key>": scan, ...}``."""
+        from neuroxr.opening import scan_paths, tree_of
+
+        scans = {}
+        for path in scan_paths(os.fspath(filename_or_obj)):
+            ds = self.open_dataset(path, drop_variables=drop_variables, mask_withheld=mask_withheld)
+            scans[ds.attrs["scan"]] = ds
+        tree = tree_of(scans)
+        return {node.path: node.to_dataset() for node in tree.subtree}
+
+    def open_datatree(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        mask_withheld: bool = True,
+    ) -> xr.DataTree:
+        """A folder of scans (or one scan) as a DataTree with one child per scan."""
+        groups = self.open_groups_as_dict(filename_or_obj, drop_variables=drop_variables, mask_withheld=mask_withheld)
+        return xr.DataTree.from_dict(groups)
+
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         try:
             return looks_like_scan(os.fspath(filename_or_obj))

@@ -1,0 +1,200 @@
+"""The ``neuroxr`` command: a thin layer over the package's functions.
+
+    neuroxr demo [DIR]              write a synthetic scan (folder and .zip), open it, show it
+    neuroxr info PATH               sizes, tiers, neurons per area and layer, what is withheld
+    neuroxr validate PATH           check every file of a scan; exit 1 if any problem
+    neuroxr convert SRC DEST        to .nc, .zarr, .nwb, a .zip or a folder (release layout)
+    neuroxr plot PATH -o FILE.png   a one-page summary figure
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from neuroxr.errors import ScanError, TargetExistsError
+
+
+def _print(*lines: str) -> None:
+    print("\n".join(lines), flush=True)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import neuroxr
+    from neuroxr.formats.folder import to_folder
+    from neuroxr.summary import describe
+    from neuroxr.synthetic import make_scan
+
+    target = Path(args.dir)
+    target.mkdir(parents=True, exist_ok=True)
+    synthetic = make_scan(n_trials=args.trials, n_neurons=args.neurons, competition=args.competition)
+    folder = target / synthetic.attrs["release_name"]
+    archive = target / f"{synthetic.attrs['release_name']}.zip"
+    to_folder(synthetic, folder, overwrite=True)
+    to_folder(synthetic, archive, zip=True, overwrite=True)
+    _print(f"wrote a synthetic scan as the release lays it out:", f"  {folder}/", f"  {archive}", "")
+
+    started = time.perf_counter()
+    ds = neuroxr.open_scan(archive)
+    opened = time.perf_counter() - started
+    _print(f">>> ds = neuroxr.open_scan({str(archive)!r})   # {opened * 1000:.0f} ms, nothing loaded yet", "", describe(ds), "")
+    _print(">>> ds", str(ds), "")
+    test = ds.responses.where(ds.tier == "test", drop=True)
+    per_image = test.groupby("image_id").mean()
+    _print(
+        '>>> ds.responses.where(ds.tier == "test", drop=True).groupby("image_id").mean()',
+        f"    {per_image.sizes['image_id']} test images x {per_image.sizes['neuron']} neurons, "
+        f"mean response {float(np.nanmean(per_image.values)):.3f}",
+        "",
+        "next: neuroxr info PATH | neuroxr validate PATH | neuroxr convert PATH scan.nc",
+    )
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import neuroxr
+    from neuroxr.summary import describe
+
+    opened = neuroxr.open(args.path)
+    if hasattr(opened, "children"):
+        for name, child in opened.children.items():
+            _print(describe(child.to_dataset()), "")
+    else:
+        _print(describe(opened))
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from neuroxr.layout import check_files, read_layout
+
+    try:
+        layout = read_layout(args.path)
+    except ScanError as error:
+        _print(f"problem: {error}")
+        return 1
+    total = layout.n_trials * len(layout.variables)
+    problems = []
+    with tqdm(total=total, unit="file", desc="checking", disable=args.quiet, file=sys.stderr) as bar:
+        for problem in check_files(layout, progress=bar.update):
+            problems.append(problem)
+    for problem in problems:
+        _print(f"problem: {problem}")
+    verdict = "ok" if not problems else f"{len(problems)} problem{'s' * (len(problems) > 1)}"
+    _print(
+        f"{layout.source.name}: {total} trial files in {len(layout.variables)} variables, "
+        f"{len(layout.trials)} trial and {len(layout.neurons)} neuron meta arrays: {verdict}"
+    )
+    return 1 if problems else 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+    import neuroxr
+
+    dest = Path(args.dest)
+    kind = args.to or _kind_of(dest)
+    obj = neuroxr.open(args.src)
+    started = time.perf_counter()
+    if kind == "nc":
+        from neuroxr.formats.netcdf import to_netcdf
+
+        written = to_netcdf(obj, dest, overwrite=args.overwrite, progress=not args.quiet)
+    elif kind == "zarr":
+        from neuroxr.formats.zarr import to_zarr
+
+        written = to_zarr(obj, dest, overwrite=args.overwrite, progress=not args.quiet)
+    elif kind == "nwb":
+        from neuroxr.formats.nwb import to_nwb
+
+        written = to_nwb(obj, dest, overwrite=args.overwrite, progress=not args.quiet)
+    elif kind in ("folder", "zip"):
+        from neuroxr.formats.folder import to_folder
+
+        if hasattr(obj, "children"):
+            raise SystemExit("neuroxr: convert to the release layout takes one scan, not a folder of scans")
+        written = to_folder(obj, dest, zip=kind == "zip", overwrite=args.overwrite, progress=not args.quiet)
+    else:  # pragma: no cover - argparse restricts the choices
+        raise SystemExit(f"neuroxr: unknown target kind {kind!r}")
+    _print(f"wrote {written or dest} in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _kind_of(dest: Path) -> str:
+    suffix = dest.suffix.lower()
+    kinds = {".nc": "nc", ".nc4": "nc", ".zarr": "zarr", ".nwb": "nwb", ".zip": "zip"}
+    if suffix in kinds:
+        return kinds[suffix]
+    if suffix:
+        raise SystemExit(f"neuroxr: cannot tell the format of {dest} from {suffix!r}; use --to")
+    return "folder"
+
+
+def _plot(args: argparse.Namespace) -> int:
+    import neuroxr
+    from neuroxr.plot import summary_figure
+
+    figure = summary_figure(neuroxr.open(args.path))
+    figure.savefig(args.output, dpi=args.dpi)
+    _print(f"wrote {args.output}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``neuroxr`` command."""
+    main_parser = argparse.ArgumentParser(prog="neuroxr", description="Sensorium scans as lazy, labelled xarray Datasets.")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="write a synthetic scan, open it and show it")
+    demo.add_argument("dir", nargs="?", default="neuroxr-demo", help="where to write it (default ./neuroxr-demo)")
+    demo.add_argument("--trials", type=int, default=600)
+    demo.add_argument("--neurons", type=int, default=500)
+    demo.add_argument("--competition", action="store_true", help="withhold test responses like the competition scans")
+    demo.set_defaults(run=_demo)
+
+    info = commands.add_parser("info", help="sizes, tiers, neurons per area and layer, what is withheld")
+    info.add_argument("path")
+    info.set_defaults(run=_info)
+
+    validate = commands.add_parser("validate", help="check every file of a scan (header, shape, dtype, counts)")
+    validate.add_argument("path")
+    validate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    validate.set_defaults(run=_validate)
+
+    convert = commands.add_parser("convert", help="write a scan (or a folder of scans) to another format")
+    convert.add_argument("src")
+    convert.add_argument("dest", help="target; its suffix picks the format: .nc .zarr .nwb .zip, none = release folder")
+    convert.add_argument("--to", choices=["nc", "zarr", "nwb", "zip", "folder"], help="format, when DEST has no telling suffix")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing target")
+    convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    convert.set_defaults(run=_convert)
+
+    plot = commands.add_parser("plot", help="draw a one-page summary of a scan (needs matplotlib)")
+    plot.add_argument("path")
+    plot.add_argument("-o", "--output", default="summary.png")
+    plot.add_argument("--dpi", type=int, default=110)
+    plot.set_defaults(run=_plot)
+    return main_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``neuroxr`` command; return its exit status."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ScanError, TargetExistsError, FileNotFoundError, PermissionError) as error:
+        print(f"neuroxr: {error}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as error:
+        extra = {"matplotlib": "plot", "zarr": "zarr", "nwbinspector": "inspect", "fsspec": "remote"}.get(error.name or "", "all")
+        print(f"neuroxr: {error.name} is needed for this; pip install 'neuroxr[{extra}]'", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""A plain-text summary of a scan: sizes, tiers, neurons per area and layer, what is withheld."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import xarray as xr
+
+from neuroxr import model
+
+
+def _counts(values: np.ndarray) -> str:
+    counted = Counter(str(value) for value in np.asarray(values).ravel())
+    return ", ".join(f"{label} {count}" for label, count in sorted(counted.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _table(pairs: list[tuple[str, str]]) -> list[str]:
+    width = max(len(key) for key, _ in pairs)
+    return [f"  {key:<{width}}  {value}" for key, value in pairs]
+
+
+def describe(ds: xr.Dataset) -> str:
+    """What a user should know first about a scan, in a few lines.
+
+    >>> print(describe(neuroxr.open_scan("scan.zip")))  # doctest: +SKIP
+    scan 21067-10-18  (static21067-10-18-GrayImageNet-...)
+      trials   5994 ...
+    """
+    lines = [f"scan {ds.attrs.get('scan', '?')}  ({ds.attrs.get('release_name', ds.attrs.get('format', ''))})"]
+    pairs = [("trials", str(ds.sizes.get("trial", 0))), ("neurons", str(ds.sizes.get("neuron", 0)))]
+    if "images" in ds:
+        shape = " x ".join(str(ds.sizes[d]) for d in ds.images.dims[1:])
+        pairs.append(("images", f"{shape} {ds.images.dtype}"))
+    for name in model.DATA_VARIABLES:
+        if name in ds and name != "images":
+            pairs.append((name, f"{' x '.join(str(ds.sizes[d]) for d in ds[name].dims[1:])} {ds[name].dtype}"))
+    if "tier" in ds.coords:
+        pairs.append(("tiers", _counts(ds.tier.values)))
+    if "image_id" in ds.coords:
+        ids, repeats = np.unique(ds.image_id.values, return_counts=True)
+        pairs.append(("images shown", f"{len(ids)} distinct, {int((repeats > 1).sum())} of them repeated"))
+    if "area" in ds.coords:
+        pairs.append(("neurons per area", _counts(ds.area.values)))
+    if "layer" in ds.coords:
+        pairs.append(("neurons per layer", _counts(ds.layer.values)))
+    pairs.append(("withheld", "; ".join(_withheld(ds)) or "nothing"))
+    return "\n".join(lines + _table(pairs))
+
+
+def _withheld(ds: xr.Dataset) -> list[str]:
+    masked = [name for name in ds.attrs.get("withheld", "").split(",") if name]
+    found = []
+    if model.WITHHELD_COORD in ds.coords and ds[model.WITHHELD_COORD].values.any():
+        marked = ds[model.WITHHELD_COORD].values
+        tiers = sorted(set(np.asarray(ds.tier.values)[marked].astype(str))) if "tier" in ds.coords else []
+        how = "NaN" if "responses" in masked else "the stored zeros"
+        found.append(f"responses of {int(marked.sum())} trials ({', '.join(tiers)}), read as {how}")
+    others = [name for name in masked if name != "responses"]
+    if others:
+        found.append(f"all of {', '.join(others)}, read as NaN")
+    return found
