@@ -19,7 +19,9 @@ from neuroxr.layout import read_layout
 
 
 def looks_like_scan(path: str | os.PathLike[str]) -> bool:
-    """Cheap test: a folder with ``data/`` and ``meta/`` (itself or one level down), or a .zip archive."""
+    """Cheap test: a folder with ``data/`` and ``meta/`` (itself or one level down), a .zip archive, a .zip URL."""
+    if "://" in os.fspath(path):
+        return os.fspath(path).lower().endswith(".zip")
     path = Path(path)
     if path.is_dir():
         if (path / "data").is_dir() and (path / "meta").is_dir():
@@ -42,6 +44,7 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         "drop_variables",
         "mask_withheld",
         "trials_per_chunk",
+        "storage_options",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -51,11 +54,15 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         drop_variables: str | Iterable[str] | None = None,
         mask_withheld: bool = True,
         trials_per_chunk: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
-        """Open a scan; ``trials_per_chunk`` sets the preferred dask chunk along ``trial`` (default ~64 MB)."""
+        """Open a scan; ``trials_per_chunk`` sets the preferred dask chunk along ``trial`` (default ~64 MB).
+
+        ``storage_options`` go to fsspec when ``filename_or_obj`` is a URL.
+        """
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]
-        layout = read_layout(os.fspath(filename_or_obj))
+        layout = read_layout(os.fspath(filename_or_obj), storage_options)
         return build_dataset(
             layout, drop_variables=drop_variables, mask_withheld=mask_withheld, trials_per_chunk=trials_per_chunk
         )

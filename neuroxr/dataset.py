@@ -216,12 +216,15 @@ def open_scan(
     chunks: int | str | Mapping[str, int] | None = None,
     mask_withheld: bool = True,
     drop_variables: Iterable[str] | None = None,
+    storage_options: dict | None = None,
 ) -> xr.Dataset:
-    """Open a Sensorium scan (folder, .zip, or a folder holding one scan) as one lazy, labelled Dataset.
+    """Open a Sensorium scan (folder, .zip, a folder holding one scan, or an fsspec URL) as one lazy, labelled Dataset.
 
     Only the listing, ``meta/`` and one header per variable are read. Data variables are dask arrays
     with one task per block of trials (about 64 MB per chunk; ``chunks=500`` asks for 500 trials per
-    chunk, any xarray ``chunks=`` also works); label coordinates are in memory.
+    chunk, any xarray ``chunks=`` also works); label coordinates are in memory. A URL
+    (``https://.../scan.zip``, ``s3://bucket/scan/``) is read in place with range requests;
+    ``storage_options`` go to fsspec.
 
     >>> import neuroxr
     >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
@@ -237,6 +240,7 @@ def open_scan(
         mask_withheld=mask_withheld,
         drop_variables=drop_variables,
         trials_per_chunk=block,
+        storage_options=storage_options,
     )
     return load_labels(ds)
 

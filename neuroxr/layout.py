@@ -61,8 +61,11 @@ class ScanLayout:
         return len(self.neurons[model.NEURON_INDEX_FILE])
 
 
-def _load_meta(source: Source, relative: str) -> np.ndarray:
-    return load_array(source.read(relative), source.label(relative))
+def _load_meta(source: Source, relatives: list[str]) -> dict[str, np.ndarray]:
+    """Decode small meta arrays, fetched in one batch where the source can (remote sources)."""
+    read_many = getattr(source, "read_many", None)
+    contents = read_many(relatives) if read_many else [source.read(relative) for relative in relatives]
+    return {relative: load_array(data, source.label(relative)) for relative, data in zip(relatives, contents)}
 
 
 def _group_files(files: dict[str, int]) -> dict[str, list[str]]:
@@ -110,14 +113,14 @@ def _check_length(source: Source, relative: str, array: np.ndarray, expected: in
         raise ScanError(source.label(relative), f"expected one entry per {what} ({expected}), found {found}")
 
 
-def read_layout(path: str | os.PathLike[str] | Source) -> ScanLayout:
+def read_layout(path: str | os.PathLike[str] | Source, storage_options: dict | None = None) -> ScanLayout:
     """Read the listing, meta/ arrays and first headers of the scan at ``path``.
 
     >>> layout = read_layout("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6")  # doctest: +SKIP
     >>> layout.n_trials, layout.scan_key  # doctest: +SKIP
     (5994, '21067-10-18')
     """
-    source = path if hasattr(path, "series") else open_source(path)  # type: ignore[arg-type]
+    source = path if hasattr(path, "series") else open_source(path, storage_options)  # type: ignore[arg-type]
     folders = _group_files(source.files())
     data_folders = {
         folder.split("/", 1)[1]: names
@@ -144,12 +147,17 @@ def read_layout(path: str | os.PathLike[str] | Source) -> ScanLayout:
         for name in ordered
     }
 
+    meta_files = sorted(
+        f"{folder}/{name}"
+        for folder, names in folders.items()
+        if folder in (model.TRIALS_DIR, model.NEURONS_DIR) or folder.startswith(f"{model.STATISTICS_DIR}/")
+        for name in names
+        if name.endswith(".npy")
+    )
+    meta = _load_meta(source, meta_files)
+
     def meta_arrays(directory: str) -> dict[str, np.ndarray]:
-        return {
-            name[:-4]: _load_meta(source, f"{directory}/{name}")
-            for name in sorted(folders.get(directory, []))
-            if name.endswith(".npy")
-        }
+        return {relative.rsplit("/", 1)[1][:-4]: array for relative, array in meta.items() if relative.rsplit("/", 1)[0] == directory}
 
     trials = meta_arrays(model.TRIALS_DIR)
     neurons = meta_arrays(model.NEURONS_DIR)
@@ -171,15 +179,10 @@ def read_layout(path: str | os.PathLike[str] | Source) -> ScanLayout:
         raise ScanError(source.label(f"{model.NEURONS_DIR}/unit_ids.npy"), "unit ids are not unique")
 
     statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    prefix = f"{model.STATISTICS_DIR}/"
-    for folder, names in folders.items():
-        if not folder.startswith(prefix) or folder.count("/") != 3:
-            continue
-        variable, subset = folder[len(prefix) :].split("/")
-        for name in names:
-            if name.endswith(".npy"):
-                array = _load_meta(source, f"{folder}/{name}")
-                statistics.setdefault(variable, {}).setdefault(subset, {})[name[:-4]] = array
+    for relative, array in meta.items():
+        parts = relative.split("/")  # meta/statistics/<variable>/<subset>/<statistic>.npy
+        if relative.startswith(f"{model.STATISTICS_DIR}/") and len(parts) == 5:
+            statistics.setdefault(parts[2], {}).setdefault(parts[3], {})[parts[4][:-4]] = array
 
     return ScanLayout(source, n_trials, variables, trials, neurons, statistics, source.name)
 

@@ -343,12 +343,16 @@ def find_scan_folder(path: Path) -> Path:
     raise ScanError(path, f"not a Sensorium scan: no {' or '.join(p + '/' for p in missing)} folder here or one level down")
 
 
-def open_source(path: str | os.PathLike[str]) -> Source:
-    """The source of the scan at ``path``: a scan folder, a folder holding one, or a .zip.
+def open_source(path: str | os.PathLike[str], storage_options: dict | None = None) -> Source:
+    """The source of the scan at ``path``: a scan folder, a folder holding one, a .zip, or an fsspec URL.
 
     >>> open_source("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
     ZipSource('.../static21067-10-18-...zip', prefix='static21067-10-18-.../')
     """
+    if "://" in os.fspath(path):
+        from neuroxr.remote import open_remote
+
+        return open_remote(os.fspath(path), storage_options)
     path = Path(path)
     if path.is_dir():
         return FolderSource(find_scan_folder(path))
