@@ -44,12 +44,15 @@ def _demo(args: argparse.Namespace) -> int:
     opened = time.perf_counter() - started
     _print(f">>> ds = neuroxr.open_scan({str(archive)!r})   # {opened * 1000:.0f} ms, nothing loaded yet", "", describe(ds), "")
     _print(">>> ds", str(ds), "")
-    test = ds.responses.where(ds.tier == "test", drop=True)
-    per_image = test.groupby("image_id").mean()
+    tier = "test" if not ds.responses_withheld.values.any() else "validation"
+    if tier != "test":
+        _print("test responses are withheld in this scan (NaN), so this looks at the validation tier:")
+    chosen = ds.responses.where(ds.tier == tier, drop=True)
+    per_image = chosen.groupby("image_id").mean()
     _print(
-        '>>> ds.responses.where(ds.tier == "test", drop=True).groupby("image_id").mean()',
-        f"    {per_image.sizes['image_id']} test images x {per_image.sizes['neuron']} neurons, "
-        f"mean response {float(np.nanmean(per_image.values)):.3f}",
+        f'>>> ds.responses.where(ds.tier == "{tier}", drop=True).groupby("image_id").mean()',
+        f"    {per_image.sizes['image_id']} {tier} images x {per_image.sizes['neuron']} neurons, "
+        f"mean response {float(np.mean(per_image.values)):.3f}",
         "",
         "next: neuroxr info PATH | neuroxr validate PATH | neuroxr convert PATH scan.nc",
     )

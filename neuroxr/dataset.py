@@ -164,7 +164,7 @@ def build_dataset(
     ordered = {stem: trial_meta.pop(stem) for stem in ("tiers", "frame_image_id", "trial_idx") if stem in trial_meta}
     trial_coords = _meta_coords(layout, model.TRIALS_DIR, {**ordered, **trial_meta}, "trial", model.TRIAL_RENAMES, taken)
     trial_coords[model.WITHHELD_COORD] = xr.Variable(
-        "trial", withheld_rows, {"long_name": "responses withheld by the release (zeros on disk)"}
+        "trial", withheld_rows, {"long_name": model.WITHHELD_LONG_NAME}
     )
 
     for name in list(layout.variables):
@@ -246,12 +246,15 @@ def open_scan(
 
 
 def load_labels(ds: xr.Dataset) -> xr.Dataset:
-    """Bring the small variables into memory: every non-index coordinate and everything without ``trial``."""
-    eager = {
-        name: variable.compute()
+    """Bring the small variables into memory, in one pass: every non-index coordinate and everything without ``trial``."""
+    import dask
+
+    small = [
+        name
         for name, variable in ds.variables.items()
         if name not in ds.indexes and (name in ds.coords or "trial" not in variable.dims)
-    }
-    coords = {name: variable for name, variable in eager.items() if name in ds.coords}
-    data = {name: variable for name, variable in eager.items() if name not in ds.coords}
+    ]
+    loaded = dict(zip(small, dask.compute(*(ds.variables[name] for name in small))))
+    coords = {name: variable for name, variable in loaded.items() if name in ds.coords}
+    data = {name: variable for name, variable in loaded.items() if name not in ds.coords}
     return ds.assign_coords(coords).assign(data)

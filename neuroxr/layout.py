@@ -20,7 +20,6 @@ from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array, parse_header
 from neuroxr.source import Series, Source, open_source
 
 _SCAN_KEY = re.compile(r"(\d+-\d+-\d+)-(?:GrayImageNet|ColorImageNet|preproc|Video)")
-_TRIAL_FILE = re.compile(r"(0|[1-9][0-9]*)\.npy")
 
 
 @dataclass
@@ -68,26 +67,19 @@ def _load_meta(source: Source, relatives: list[str]) -> dict[str, np.ndarray]:
     return {relative: load_array(data, source.label(relative)) for relative, data in zip(relatives, contents)}
 
 
-def _group_files(files: dict[str, int]) -> dict[str, list[str]]:
-    """Relative paths grouped by their folder."""
-    folders: dict[str, list[str]] = {}
-    for relative in files:
-        folder, _, name = relative.rpartition("/")
-        folders.setdefault(folder, []).append(name)
-    return folders
-
-
 def _trial_count(source: Source, folder: str, names: list[str]) -> int:
     """Check that a data folder holds exactly ``0.npy`` .. ``N-1.npy``; return N."""
+    if set(names) == {f"{number}.npy" for number in range(len(names))}:
+        return len(names)
     numbers = []
     for name in names:
-        match = _TRIAL_FILE.fullmatch(name)
-        if not match:
+        stem = name[:-4]
+        if not (name.endswith(".npy") and stem.isdigit() and stem.isascii() and (stem == "0" or stem[0] != "0")):
             raise ScanError(
                 source.label(f"{folder}/{name}"),
                 "unexpected file in a data folder: expected trial files named <number>.npy",
             )
-        numbers.append(int(match.group(1)))
+        numbers.append(int(stem))
     numbers.sort()
     if numbers != list(range(len(numbers))):
         present = set(numbers)
@@ -121,7 +113,7 @@ def read_layout(path: str | os.PathLike[str] | Source, storage_options: dict | N
     (5994, '21067-10-18')
     """
     source = path if hasattr(path, "series") else open_source(path, storage_options)  # type: ignore[arg-type]
-    folders = _group_files(source.files())
+    folders = source.listing()
     data_folders = {
         folder.split("/", 1)[1]: names
         for folder, names in folders.items()

@@ -102,6 +102,15 @@ class TrialStackArray(BackendArray):
         self.dtype = reader.dtype
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        if isinstance(key, (indexing.BasicIndexer, indexing.OuterIndexer)) and any(
+            isinstance(k, slice) and (k.step or 1) < 0 for k in key.tuple
+        ):  # reversed slices become index arrays (xarray's slice decomposition fails on empty ones)
+            key = indexing.OuterIndexer(
+                tuple(
+                    np.arange(size)[k] if isinstance(k, slice) and (k.step or 1) < 0 else k
+                    for k, size in zip(key.tuple, self.shape)
+                )
+            )
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
 
     def _read(self, key: tuple) -> np.ndarray:

@@ -50,6 +50,7 @@ FILE_ATTR = "sensorium_file"
 #: Withheld data (see DESIGN.md): tiers whose responses the competition scans withhold.
 WITHHELD_TIERS = ("test", "final_test")
 WITHHELD_COORD = "responses_withheld"
+WITHHELD_LONG_NAME = "responses withheld by the release (zeros on disk)"
 
 #: Dataset attributes.
 FORMAT = "sensorium-2022-static"

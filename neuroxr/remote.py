@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.source import _zip_roots, is_ignored
+from neuroxr.source import _zip_roots, group_by_folder, is_ignored
 
 #: Bytes fetched beyond a member's name in the hope of covering its local extra field in one request.
 EXTRA_SLACK = 256
@@ -118,8 +118,8 @@ class RemoteZipSource:
     def __repr__(self) -> str:
         return f"RemoteZipSource({self.url!r})"
 
-    def files(self) -> dict[str, int]:
-        return {relative: info.file_size for relative, info in self._infos.items()}
+    def listing(self) -> dict[str, list[str]]:
+        return group_by_folder(self._infos)
 
     def label(self, relative: str) -> str:
         return f"{self.url}::{self.prefix}{relative}"
@@ -198,8 +198,8 @@ class RemoteFolderSource:
     def __repr__(self) -> str:
         return f"RemoteFolderSource({self.url!r})"
 
-    def files(self) -> dict[str, int]:
-        return dict(self._files)
+    def listing(self) -> dict[str, list[str]]:
+        return group_by_folder(self._files)
 
     def label(self, relative: str) -> str:
         return f"{self.url}/{relative}"

@@ -13,6 +13,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Protocol
 
 import numpy as np
@@ -35,6 +36,16 @@ def is_ignored(relative: str) -> bool:
     )
 
 
+def group_by_folder(relatives: Iterable[str]) -> dict[str, list[str]]:
+    """Relative paths as ``{folder: [file names]}``, archive clutter left out."""
+    folders: dict[str, list[str]] = {}
+    for relative in relatives:
+        if not is_ignored(relative):
+            folder, _, name = relative.rpartition("/")
+            folders.setdefault(folder, []).append(name)
+    return folders
+
+
 class Series(Protocol):
     """Numbered files ``{directory}/{k}{suffix}``, read by number; picklable."""
 
@@ -53,8 +64,8 @@ class Source(Protocol):
 
     name: str  #: the scan folder's name (the release name), or the archive's stem
 
-    def files(self) -> dict[str, int]:
-        """Every file under the scan's root: relative POSIX path -> size in bytes."""
+    def listing(self) -> dict[str, list[str]]:
+        """Every file under the scan's root, as ``{folder: [file names]}`` (POSIX, relative to the root)."""
 
     def read(self, relative: str) -> bytes:
         """A whole (small) file."""
@@ -110,24 +121,28 @@ class FolderSource:
     def __repr__(self) -> str:
         return f"FolderSource({self.root!r})"
 
-    def files(self) -> dict[str, int]:
-        found: dict[str, int] = {}
-        stack = [""]
-        while stack:
-            relative_dir = stack.pop()
-            with os.scandir(os.path.join(self.root, relative_dir)) as entries:
+    def listing(self) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = {}
+
+        def visit(relative: str) -> None:
+            path = os.path.join(self.root, relative)
+            if relative.count("/") == 1 and relative.startswith("data/"):  # thousands of trial files: no stat
+                found[relative] = [name for name in os.listdir(path) if not name.startswith(".")]
+                return
+            names = []
+            with os.scandir(path) as entries:
                 for entry in entries:
-                    relative = f"{relative_dir}{entry.name}"
-                    if is_ignored(relative):
+                    if is_ignored(entry.name):
                         continue
                     if entry.is_dir():
-                        stack.append(relative + "/")
-                    elif entry.is_file():
-                        found[relative] = -1  # sizes are looked up only when asked for
-        return found
+                        visit(f"{relative}/{entry.name}" if relative else entry.name)
+                    else:
+                        names.append(entry.name)
+            if names:
+                found[relative] = names
 
-    def size(self, relative: str) -> int:
-        return os.stat(os.path.join(self.root, relative)).st_size
+        visit("")
+        return found
 
     def read(self, relative: str) -> bytes:
         with open(os.path.join(self.root, relative), "rb") as file:
@@ -246,11 +261,8 @@ class ZipSource:
     def __getstate__(self) -> dict[str, object]:
         raise TypeError("a ZipSource is not sent to workers; its series are")
 
-    def files(self) -> dict[str, int]:
-        return {relative: info.file_size for relative, info in self._infos.items()}
-
-    def size(self, relative: str) -> int:
-        return self._infos[relative].file_size
+    def listing(self) -> dict[str, list[str]]:
+        return group_by_folder(self._infos)
 
     def label(self, relative: str) -> str:
         return f"{self.archive}::{self.prefix}{relative}"

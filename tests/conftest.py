@@ -106,3 +106,12 @@ def scan_folder(tmp_path: Path) -> Path:
 @pytest.fixture
 def competition_folder(tmp_path: Path) -> Path:
     return write_tiny_scan(tmp_path, competition=True, behavior_withheld=True)
+
+
+@pytest.fixture(scope="session")
+def cluster_client():
+    """A real dask.distributed LocalCluster with two worker processes, shared by the session."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        with distributed.Client(cluster) as client:
+            yield client

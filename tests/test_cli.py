@@ -1,0 +1,84 @@
+"""The neuroxr command, run in-process and once as a real subprocess."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import neuroxr
+from neuroxr.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("demo")
+    assert main(["demo", str(target), "--trials", "200", "--neurons", "40"]) == 0
+    return target
+
+
+def test_demo_writes_a_folder_and_a_zip_that_open_identically(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folders = [p for p in demo.iterdir() if p.is_dir()]
+    archives = list(demo.glob("*.zip"))
+    assert len(folders) == 1 and len(archives) == 1
+    assert archives[0].stem == folders[0].name
+    xr.testing.assert_identical(neuroxr.open_scan(folders[0]).load(), neuroxr.open_scan(archives[0]).load())
+
+
+def test_demo_prints_what_a_new_user_needs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", str(tmp_path), "--trials", "120", "--neurons", "20", "--competition"]) == 0
+    out = capsys.readouterr().out
+    for expected in ("neuroxr.open_scan(", "trials             120", "tiers", "withheld           responses of", "Data variables"):
+        assert expected in out
+
+
+def test_info(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    archive = next(demo.glob("*.zip"))
+    assert main(["info", str(archive)]) == 0
+    out = capsys.readouterr().out
+    ds = neuroxr.open_scan(archive)
+    assert f"trials             {ds.sizes['trial']}" in out
+    assert f"train {int((ds.tier == 'train').sum())}" in out
+    assert "neurons per area   V1" in out and "neurons per layer" in out
+    assert "withheld           nothing" in out
+
+
+def test_validate_and_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-q", str(next(demo.glob("*.zip")))]) == 0
+    assert ": ok" in capsys.readouterr().out
+    assert main(["validate", "-q", str(tmp_path)]) == 1
+    assert "not a Sensorium scan" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+
+
+def test_convert_to_the_release_layout_and_zip(demo: Path, tmp_path: Path) -> None:
+    folder = next(p for p in demo.iterdir() if p.is_dir())
+    assert main(["convert", "-q", str(folder), str(tmp_path / "copy.zip")]) == 0
+    assert main(["convert", "-q", str(tmp_path / "copy.zip"), str(tmp_path / "copy")]) == 0
+    original, copy = neuroxr.open_scan(folder).load(), neuroxr.open_scan(tmp_path / "copy").load()
+    assert copy.attrs.pop("release_name") == "copy"  # a scan folder's name is its release name
+    original.attrs.pop("release_name")
+    xr.testing.assert_identical(original, copy)
+    assert main(["convert", "-q", str(folder), str(tmp_path / "copy")]) == 2  # exists: refused
+    assert main(["convert", "-q", "--overwrite", str(folder), str(tmp_path / "copy")]) == 0
+
+
+def test_plot_writes_a_png(demo: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    target = tmp_path / "summary.png"
+    assert main(["plot", str(next(demo.glob("*.zip"))), "-o", str(target)]) == 0
+    header = target.read_bytes()[:8]
+    assert header == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 20_000
+
+
+def test_console_script_runs(demo: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "neuroxr.cli", "info", str(next(demo.glob("*.zip")))], capture_output=True, text=True, check=True
+    )
+    assert "neurons per layer" in done.stdout
+    np.testing.assert_equal(done.returncode, 0)

@@ -1,0 +1,280 @@
+"""Tests of neuroxr.formats.folder.to_folder: the release layout, byte for byte, written atomically."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import itertools
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuroxr import model
+from neuroxr.errors import TargetExistsError
+from neuroxr.formats import folder
+from neuroxr.formats._atomic import TEMP_MARKER
+from neuroxr.formats.folder import to_folder
+from neuroxr.synthetic import make_scan
+
+SMALL = {"n_trials": 30, "n_neurons": 9, "image_shape": (1, 6, 10), "chunk_trials": 12}
+N_TRIALS = 30
+
+
+@pytest.fixture(scope="module")
+def scan():
+    return make_scan(**SMALL, competition=True, behavior_withheld=True, seed=11)
+
+
+@pytest.fixture(scope="module")
+def values(scan):
+    return scan.compute()
+
+
+@pytest.fixture(scope="module")
+def written(scan, tmp_path_factory):
+    return to_folder(scan, tmp_path_factory.mktemp("out") / "scan")
+
+
+def saved(array) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array))
+    return buffer.getvalue()
+
+
+def stored(values, name: str) -> np.ndarray:
+    """What the release stores for a data variable: withheld cells as zeros."""
+    array = values[name].values.copy()
+    if name == "responses":
+        array[values.responses_withheld.values] = 0
+    if name in values.attrs["withheld"].split(","):
+        array[np.isnan(array)] = 0
+    return array
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+TRIAL_FILES = ("tiers", "frame_image_id", "trial_idx", "frame_image_class", "frame_trial_ts", "condition_hash",
+               "animal_id", "session", "scan_idx")
+NEURON_FILES = ("unit_ids", "area", "layer", "animal_ids", "sessions", "scan_idx", "cell_motor_coordinates")
+EXPECTED_META = {f"meta/trials/{name}.npy" for name in TRIAL_FILES} | {
+    f"meta/neurons/{name}.npy" for name in NEURON_FILES
+}
+
+
+def test_layout(written):
+    files = all_files(written)
+    data = {path for path in files if path.startswith("data/")}
+    assert data == {f"data/{name}/{k}.npy" for name in model.DATA_VARIABLES for k in range(N_TRIALS)}
+    assert {path for path in files if path.startswith("meta/") and "statistics" not in path} == EXPECTED_META
+    statistics = {path for path in files if path.startswith("meta/statistics/")}
+    assert statistics == {
+        model.statistics_file(name, subset, stat)
+        for name in model.DATA_VARIABLES
+        for subset in ("all", "stimulus_Frame")
+        for stat in model.STATISTICS
+    }
+    assert not any("withheld" in path for path in files)
+
+
+def test_files_are_byte_identical_to_np_save(written, values):
+    for name in model.DATA_VARIABLES:
+        array = stored(values, name)
+        for k in (0, 17, N_TRIALS - 1):
+            assert (written / f"data/{name}/{k}.npy").read_bytes() == saved(array[k]), (name, k)
+    for name, coord in values.coords.items():
+        path = coord.attrs.get(model.FILE_ATTR)
+        if path:
+            assert (written / path).read_bytes() == saved(coord.values), name
+    statistics = values.responses_statistics.sel(subset="all", statistic="median").values
+    assert (written / "meta/statistics/responses/all/median.npy").read_bytes() == saved(statistics)
+    assert np.load(written / "meta/statistics/images/all/mean.npy").shape == ()
+
+
+def test_np_load_round_trip_equals_dataset(written, values):
+    for name in model.DATA_VARIABLES:
+        loaded = np.stack([np.load(written / f"data/{name}/{k}.npy") for k in range(N_TRIALS)])
+        assert loaded.dtype == values[name].dtype
+        np.testing.assert_array_equal(loaded, stored(values, name))
+    for name, coord in values.coords.items():
+        path = coord.attrs.get(model.FILE_ATTR)
+        if path:
+            loaded = np.load(written / path)  # no pickles needed
+            assert loaded.dtype == coord.dtype and loaded.shape == coord.shape
+            np.testing.assert_array_equal(loaded, coord.values)
+    for name in model.DATA_VARIABLES:
+        statistics = values[model.statistics_name(name)]
+        for subset in statistics.subset.values:
+            for stat in statistics.statistic.values:
+                loaded = np.load(written / model.statistics_file(name, subset, stat))
+                assert loaded.dtype == np.float32
+                np.testing.assert_array_equal(loaded, statistics.sel(subset=subset, statistic=stat).values)
+
+
+def test_withheld_cells_are_zeros(written, values):
+    withheld = np.flatnonzero(values.responses_withheld.values)
+    kept = np.flatnonzero(~values.responses_withheld.values)
+    assert len(withheld) and len(kept)
+    assert all((np.load(written / f"data/responses/{k}.npy") == 0).all() for k in withheld)
+    assert all((np.load(written / f"data/responses/{k}.npy") > 0).all() for k in kept)
+    for name in ("behavior", "pupil_center"):
+        assert all((np.load(written / f"data/{name}/{k}.npy") == 0).all() for k in range(N_TRIALS))
+    assert np.isnan(values.responses.values[withheld]).all()  # the Dataset itself is untouched
+
+
+@pytest.mark.parametrize("compression", [None, "deflated"])
+def test_zip(scan, written, tmp_path, compression):
+    path = to_folder(scan, tmp_path / "scan.zip", zip=True, compression=compression)
+    top = scan.attrs["release_name"]
+    expected = zipfile.ZIP_DEFLATED if compression else zipfile.ZIP_STORED
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() is None
+        members = [info for info in archive.infolist() if not info.is_dir()]
+        assert {info.filename.split("/")[0] for info in archive.infolist()} == {top}
+        assert {info.compress_type for info in members} == {expected}
+        reference = all_files(written)
+        assert {info.filename[len(top) + 1 :] for info in members} == set(reference)
+        for info in members:
+            content = archive.read(info)
+            assert content == reference[info.filename[len(top) + 1 :]]
+        array = np.load(archive.open(f"{top}/data/images/3.npy"))
+        np.testing.assert_array_equal(array, np.load(written / "data/images/3.npy"))
+
+
+def test_zip_top_folder_falls_back_to_stem(scan, tmp_path):
+    unnamed = scan.isel(trial=slice(0, 3))
+    unnamed.attrs = {k: v for k, v in scan.attrs.items() if k != "release_name"}
+    with zipfile.ZipFile(to_folder(unnamed, tmp_path / "my-scan.zip", zip=True)) as archive:
+        assert {name.split("/")[0] for name in archive.namelist()} == {"my-scan"}
+
+
+def test_files_numbered_by_position_and_unchunked_input(values, tmp_path):
+    picked = values.isel(trial=[7, 2, 25])  # numpy-backed, not dask
+    path = to_folder(picked, tmp_path / "picked")
+    assert sorted(p.name for p in (path / "data/images").iterdir()) == ["0.npy", "1.npy", "2.npy"]
+    np.testing.assert_array_equal(np.load(path / "data/images/0.npy"), values.images.values[7])
+    np.testing.assert_array_equal(np.load(path / "data/images/1.npy"), values.images.values[2])
+    np.testing.assert_array_equal(np.load(path / "meta/trials/tiers.npy"), values.tier.values[[7, 2, 25]])
+
+
+def test_absent_variables_and_nan_statistics_are_not_written(values, tmp_path):
+    reduced = values.drop_vars(["images", "pupil_center_statistics"])
+    statistics = reduced.responses_statistics.copy()
+    statistics.loc[{"subset": "stimulus_Frame"}] = np.nan
+    reduced["responses_statistics"] = statistics
+    path = to_folder(reduced, tmp_path / "reduced")
+    assert not (path / "data/images").exists()
+    assert not (path / "meta/statistics/pupil_center").exists()
+    assert (path / "meta/statistics/images/all/mean.npy").exists()
+    assert (path / "meta/statistics/responses/all/std.npy").exists()
+    assert not (path / "meta/statistics/responses/stimulus_Frame").exists()
+
+
+def test_missing_file_attrs_fall_back_to_release_names(values, written, tmp_path):
+    bare = values.copy()
+    for name in list(bare.coords):
+        bare[name].attrs = {}
+    bare = bare.assign_coords(extra=("trial", np.arange(N_TRIALS)))  # derived: not written
+    path = to_folder(bare, tmp_path / "bare")
+    files = all_files(path)
+    assert {p for p in files if p.startswith("meta/") and "statistics" not in p} == EXPECTED_META
+    reference = all_files(written)
+    assert all(files[p] == reference[p] for p in EXPECTED_META)
+
+
+def test_existing_target_is_refused_unless_overwrite(scan, tmp_path):
+    target = tmp_path / "scan"
+    target.mkdir()
+    (target / "keep.txt").write_text("x")
+    with pytest.raises(TargetExistsError):
+        to_folder(scan, target)
+    assert (target / "keep.txt").exists()
+    to_folder(scan, target, overwrite=True)
+    assert not (target / "keep.txt").exists() and (target / "data/images/0.npy").exists()
+
+
+def test_refuses_to_overwrite_the_source(scan, tmp_path):
+    source = tmp_path / "source"
+    source.mkdir()
+    opened = scan.copy()
+    opened.encoding["source"] = str(source)
+    with pytest.raises(ValueError, match="refusing"):
+        to_folder(opened, source, overwrite=True)
+    with pytest.raises(ValueError, match="refusing"):
+        to_folder(opened, source / "inside.zip", zip=True)
+
+
+@pytest.mark.parametrize("as_zip", [False, True])
+@pytest.mark.parametrize("trials_per_block", [12, 70])  # 70: a block is written by several threads
+def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, as_zip, trials_per_block):
+    scan = make_scan(n_trials=70, n_neurons=3, image_shape=(1, 2, 2), chunk_trials=trials_per_block)
+    sink = folder._ZipSink if as_zip else folder._FolderSink
+    original = sink.write
+    calls = itertools.count(1)  # next() is atomic: writes may come from several threads
+
+    def failing_write(self, relative, *parts):
+        if next(calls) == 150:
+            raise OSError("disk on fire")
+        original(self, relative, *parts)
+
+    monkeypatch.setattr(sink, "write", failing_write)
+    target = tmp_path / ("scan.zip" if as_zip else "scan")
+    with pytest.raises(OSError, match="disk on fire"):
+        to_folder(scan, target, zip=as_zip)
+    assert list(tmp_path.iterdir()) == []
+    assert not any(TEMP_MARKER in p.name for p in tmp_path.iterdir())
+
+
+def test_progress_and_argument_errors(scan, tmp_path, capsys):
+    to_folder(scan.isel(trial=slice(0, 5)), tmp_path / "p", progress=True)
+    assert "block" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="compression"):
+        to_folder(scan, tmp_path / "a.zip", zip=True, compression="lzma")
+    with pytest.raises(ValueError, match="only with zip=True"):
+        to_folder(scan, tmp_path / "b", compression="deflated")
+    assert not (tmp_path / "a.zip").exists() and not (tmp_path / "b").exists()
+
+
+def test_npy_header_matches_np_save():
+    for dtype, shape in (("<f4", (1, 144, 256)), ("<f4", ()), ("<u2", (7,)), ("<U32", (3,)), (">f8", (2, 3))):
+        array = np.zeros(shape, dtype=dtype)
+        assert folder.npy_header(dtype, shape) + array.tobytes() == saved(array)
+
+
+needs_reader = pytest.mark.skipif(
+    importlib.util.find_spec("neuroxr.dataset") is None, reason="neuroxr.dataset not available"
+)
+
+
+@needs_reader
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_round_trip_through_open_scan_is_byte_identical(written, tmp_path, as_zip):
+    from neuroxr import open_scan
+
+    source = written
+    if as_zip:
+        same_scan = make_scan(**SMALL, competition=True, behavior_withheld=True, seed=11)
+        source = to_folder(same_scan, tmp_path / "source.zip", zip=True)
+    ds = open_scan(source)
+    again = to_folder(ds, tmp_path / "again")
+    assert all_files(again) == all_files(written)
+
+
+@needs_reader
+@pytest.mark.parametrize("kind", ["plain", "competition"])
+def test_make_scan_is_what_open_scan_returns(tmp_path, kind):
+    import xarray as xr
+
+    from neuroxr import open_scan
+
+    options = {"competition": True, "behavior_withheld": True} if kind == "competition" else {}
+    ds = make_scan(**SMALL, seed=2, **options)
+    path = to_folder(ds, tmp_path / ds.attrs["release_name"])
+    opened = open_scan(path)
+    xr.testing.assert_identical(opened.compute(), ds.compute())
+    for name, variable in ds.variables.items():
+        assert opened[name].dtype == variable.dtype, name
+        assert (opened[name].chunks is None) == (variable.chunks is None), name
