@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.source import _zip_roots, group_by_folder, is_ignored
+from neuroxr.source import _zip_roots, group_by_folder, is_ignored, scatter
 
 #: Bytes fetched beyond a member's name in the hope of covering its local extra field in one request.
 EXTRA_SLACK = 256
@@ -64,7 +64,20 @@ def _member(fs: Any, url: str, row: np.ndarray, chunk: bytes | Exception, label:
     raise ScanError(label, f"zip compression method {int(row[3])} is not supported remotely")
 
 
-class RemoteZipSeries:
+class _FetchedSeries:
+    """Single reads of a series that fetches in batches (``fetch(numbers) -> list[bytes]``)."""
+
+    def fetch(self, numbers: Sequence[int]) -> list[bytes]:
+        raise NotImplementedError
+
+    def read(self, number: int) -> bytes:
+        return self.fetch([number])[0]
+
+    def readinto(self, number: int, buffers: list[memoryview]) -> int:
+        return scatter(self.read(number), buffers)
+
+
+class RemoteZipSeries(_FetchedSeries):
     """Numbered members of a remote zip, fetched a batch at a time with concurrent range requests."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, template: str, table: np.ndarray) -> None:
@@ -82,11 +95,6 @@ class RemoteZipSeries:
         rows = self.table[np.asarray(numbers, dtype=np.int64)]
         return fetch_members(fs, self.url, rows, [self.label(int(number)) for number in numbers])
 
-    def read(self, number: int) -> bytes:
-        return self.fetch([number])[0]
-
-    def readinto(self, number: int, buffers: list[memoryview]) -> int:
-        return _scatter(self.read(number), buffers)
 
 
 class RemoteZipSource:
@@ -152,7 +160,7 @@ def fetch_files(fs: Any, paths: Sequence[str]) -> list[bytes]:
     return found
 
 
-class RemoteFolderSeries:
+class RemoteFolderSeries(_FetchedSeries):
     """Numbered files in a remote folder, fetched a batch at a time."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, suffix: str) -> None:
@@ -167,11 +175,6 @@ class RemoteFolderSeries:
         fs = _filesystem(self.url, self.storage_options)
         return fetch_files(fs, [self.label(int(number)) for number in numbers])
 
-    def read(self, number: int) -> bytes:
-        return self.fetch([number])[0]
-
-    def readinto(self, number: int, buffers: list[memoryview]) -> int:
-        return _scatter(self.read(number), buffers)
 
 
 class RemoteFolderSource:
@@ -214,17 +217,6 @@ class RemoteFolderSource:
 
     def series(self, directory: str, count: int, suffix: str) -> RemoteFolderSeries:
         return RemoteFolderSeries(f"{self.url}/{directory}", self.storage_options, suffix)
-
-
-def _scatter(data: bytes, buffers: list[memoryview]) -> int:
-    """Copy ``data`` into ``buffers`` in turn; return the bytes copied."""
-    view = memoryview(data)
-    done = 0
-    for buffer in buffers:
-        take = min(len(buffer), len(view) - done)
-        buffer[:take] = view[done : done + take]
-        done += take
-    return done
 
 
 def open_remote(url: str, storage_options: dict[str, Any] | None = None) -> RemoteZipSource | RemoteFolderSource:

@@ -46,6 +46,17 @@ def group_by_folder(relatives: Iterable[str]) -> dict[str, list[str]]:
     return folders
 
 
+def scatter(data: bytes, buffers: list[memoryview]) -> int:
+    """Copy ``data`` into ``buffers`` in turn; return the bytes copied."""
+    view = memoryview(data)
+    done = 0
+    for buffer in buffers:
+        take = min(len(buffer), len(view) - done)
+        buffer[:take] = view[done : done + take]
+        done += take
+    return done
+
+
 class Series(Protocol):
     """Numbered files ``{directory}/{k}{suffix}``, read by number; picklable."""
 
@@ -223,13 +234,7 @@ class ZipSeries:
                 return os.preadv(fd, wanted, start) if wanted else 0
         finally:
             os.close(fd)
-        data = memoryview(self._inflate(number, raw))
-        done = 0
-        for buffer in buffers:
-            take = min(len(buffer), len(data) - done)
-            buffer[:take] = data[done : done + take]
-            done += take
-        return done
+        return scatter(self._inflate(number, raw), buffers)
 
     def read(self, number: int) -> bytes:
         fd = os.open(self.archive, os.O_RDONLY)
