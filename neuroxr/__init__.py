@@ -26,7 +26,9 @@ _EXPORTS = {
     "to_zarr": "neuroxr.formats.zarr",
     "to_nwb": "neuroxr.formats.nwb",
     "open_nwb": "neuroxr.formats.nwb",
-    "standardize": "neuroxr.standardize",
+    "standardize": "neuroxr.standardization",
+    "train_statistics": "neuroxr.standardization",
+    "write_scan": "neuroxr.synthetic",
     "make_scan": "neuroxr.synthetic",
 }
 _SUBMODULES = ("metrics", "synthetic", "model")
@@ -41,8 +43,8 @@ if TYPE_CHECKING:
     from neuroxr.formats.nwb import open_nwb, to_nwb
     from neuroxr.formats.zarr import to_zarr
     from neuroxr.opening import open, open_datatree
-    from neuroxr.standardize import standardize
-    from neuroxr.synthetic import make_scan
+    from neuroxr.standardization import standardize, train_statistics
+    from neuroxr.synthetic import make_scan, write_scan
 
 
 def __getattr__(name: str) -> Any:

@@ -1,0 +1,250 @@
+"""Standardisation: a scan on the scale the official Sensorium loader feeds to models.
+
+``standardize`` applies what neuralpredictors' ``NeuroNormalizer`` does trial by trial, to the whole
+Dataset at once and lazily:
+
+- ``images``: ``(x - mean) / std`` with the image statistics (scalars in the release);
+- ``responses``: ``x * precision`` per neuron, ``precision = 1 / std``, where a std at or below 1% of the
+  mean std over neurons is replaced by that threshold (the "standardised responses" the metrics use);
+- ``behavior``: ``x / std`` (no mean subtraction, as the official loader does);
+- ``pupil_center``: ``(x - mean) / std``.
+
+The statistics are the stored ones (``*_statistics``, subset ``all``, computed on the train tier by the
+release), or, with ``statistics="train"``, computed lazily from the train tier of the Dataset itself
+(std with ``ddof=1``, kept in float32 like the stored ones). Where a std is zero or missing (a scan whose
+behaviour is withheld stores an all-zero std), the division is not done: those values read NaN.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+
+from neuroxr import model
+from neuroxr.errors import ScanError
+
+#: The official threshold: a response std below this fraction of the mean std is raised to it.
+RESPONSE_STD_FLOOR = 0.01
+#: Dataset attribute naming the standardised variables, and the one naming the statistics used.
+STANDARDIZED_ATTR = "standardized"
+STATISTICS_ATTR = "standardization_statistics"
+#: Variable attribute describing the transform applied to it.
+TRANSFORM_ATTR = "standardization"
+
+StatisticsSource = Literal["stored", "train"]
+
+_TRANSFORMS = {
+    "images": "(x - mean) / std",
+    "responses": "x * precision, precision = 1 / max(std, 0.01 * mean over neurons of std)",
+    "behavior": "x / std",
+    "pupil_center": "(x - mean) / std",
+}
+
+
+def response_precision_from_std(std: np.ndarray) -> np.ndarray:
+    """The official response precision of a per-neuron std, along the last axis.
+
+    ``threshold = 0.01 * nanmean(std)``; ``precision = 1 / std`` where ``std > threshold``, else
+    ``1 / threshold``; NaN where the threshold is not positive.
+
+    >>> response_precision_from_std(np.array([2.0, 0.0, 4.0], dtype=np.float32))
+    array([ 0.5 , 50.  ,  0.25], dtype=float32)
+    """
+    std = np.asarray(std)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        known = ~np.isnan(std)
+        mean_std = np.where(known, std, 0).sum(axis=-1, keepdims=True) / known.sum(axis=-1, keepdims=True)
+        threshold = RESPONSE_STD_FLOOR * mean_std.astype(std.dtype)
+        above = std > threshold
+        precision = np.where(above, 1 / np.where(above, std, 1), 1 / threshold)
+        precision = np.where(threshold > 0, precision, np.nan)
+    return precision.astype(std.dtype, copy=False)
+
+
+def _reciprocal_or_nan(std: xr.DataArray) -> xr.DataArray:
+    """``1 / std`` where ``std > 0``, NaN elsewhere (no division by zero, lazy if ``std`` is)."""
+    return 1 / std.where(std > 0)
+
+
+def _statistic(statistics: xr.Dataset, data: xr.DataArray, variable: str, statistic: str, release: str) -> xr.DataArray:
+    """One statistic (subset ``all``) of ``variable`` from a Dataset of ``*_statistics``; checks what it finds."""
+    name = model.statistics_name(variable)
+    where = f"{release}/{model.statistics_file(variable, model.MAIN_SUBSET, statistic)}"
+    hint = "; pass statistics='train' to compute the statistics from the train tier"
+    if name not in statistics.data_vars:
+        raise ScanError(where, f"expected the variable {name!r} holding the stored statistics, found none{hint}")
+    stored = statistics[name]
+    for dim, label in (("subset", model.MAIN_SUBSET), ("statistic", statistic)):
+        if label not in stored.indexes.get(dim, ()):
+            raise ScanError(where, f"expected {dim}={label!r} in {name!r}, found {list(stored.indexes.get(dim, []))}{hint}")
+    values = stored.sel(subset=model.MAIN_SUBSET, statistic=statistic, drop=True)
+    if not set(values.dims) <= set(data.dims):
+        raise ScanError(where, f"expected statistics over dims of {variable!r} {data.dims}, found {values.dims}")
+    if values.chunks is None and bool(values.isnull().all()):
+        raise ScanError(where, f"expected stored {statistic} values, found only NaN (file absent){hint}")
+    return values
+
+
+def _train_mask(ds: xr.Dataset) -> np.ndarray:
+    if "tier" not in ds.coords:
+        raise ValueError("statistics of the train tier need the 'tier' coordinate on trial (meta/trials/tiers.npy), found none")
+    train = np.asarray(ds["tier"].values) == "train"
+    if not train.any():
+        found = sorted(set(ds["tier"].values.tolist()))
+        raise ValueError(f"statistics of the train tier need train trials, found only tiers {found}")
+    return train
+
+
+def _block_moments(block: np.ndarray, train: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
+    """Count, sum and sum of squared deviations (from the block's own mean) of the block's train trials.
+
+    Reduced over ``axes`` (trial is axis 0) with the dims kept, stacked along a new axis 1.
+    """
+    values = block[train].astype(np.float64)
+    count = int(np.prod([values.shape[axis] for axis in axes]))
+    total = values.sum(axis=axes, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        deviations = values - total / count
+    squares = np.square(deviations, out=deviations).sum(axis=axes, keepdims=True)
+    return np.stack([np.full_like(total, count), total, squares], axis=1)
+
+
+def _combine_moments(moments: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
+    """Mean and std (``ddof=1``) from per-block moments (numpy or dask; Chan et al.'s update, all blocks at once)."""
+    count, total, squares = moments[:, 0], moments[:, 1], moments[:, 2]
+    n = count.sum(axis=axes, keepdims=True)
+    mean = total.sum(axis=axes, keepdims=True) / n
+    block_mean = total / np.where(count > 0, count, 1)
+    spread = count * (block_mean - mean) ** 2
+    sum_of_squares = squares.sum(axis=axes, keepdims=True) + spread.sum(axis=axes, keepdims=True)
+    variance = sum_of_squares / np.where(n > 1, n - 1, np.nan)
+    return mean.squeeze(axis=axes), np.sqrt(variance).squeeze(axis=axes)
+
+
+def _train_statistics_of(data: xr.DataArray, train: np.ndarray, variable: str) -> xr.DataArray:
+    """Mean and std (``ddof=1``) of the train trials, over trials (and every pixel for images), in one pass.
+
+    Accumulated in float64 from per-block moments, kept as float32 like the release's statistics.
+    """
+    data = data.transpose("trial", ...)
+    reduced = tuple(range(data.ndim)) if variable == "images" else (0,)
+    kept = [dim for axis, dim in enumerate(data.dims) if axis not in reduced]
+    if data.chunks is None:
+        moments = _block_moments(np.asarray(data.values), train, reduced)
+    else:
+        import dask.array as da
+
+        blocks = data.data
+        index = tuple(range(1, data.ndim + 1))  # 0 names the new axis of the three moments
+        mask = da.from_array(train, chunks=(blocks.chunks[0],))
+        moments = da.blockwise(
+            _block_moments,
+            (index[0], 0, *index[1:]),
+            blocks,
+            index,
+            mask,
+            index[:1],
+            new_axes={0: 3},
+            adjust_chunks={index[axis]: 1 for axis in reduced},
+            axes=reduced,
+            dtype=np.float64,
+            meta=np.array((), dtype=np.float64),
+        )
+    mean, std = _combine_moments(moments, reduced)
+    coords = {name: coord.variable for name, coord in data.coords.items() if set(coord.dims) <= set(kept)}
+    statistics = [xr.DataArray(value, dims=kept, coords=coords) for value in (mean, std)]
+    values = xr.concat(statistics, "statistic").assign_coords(statistic=["mean", "std"])
+    values = values.expand_dims(subset=[model.MAIN_SUBSET]).astype(np.float32)
+    values.attrs = {"long_name": f"{variable} statistics over the train tier (std with ddof=1)"}
+    return values
+
+
+def train_statistics(ds: xr.Dataset, variables: Sequence[str] | None = None) -> xr.Dataset:
+    """Mean and std (``ddof=1``) of the train-tier trials, laid out like the stored ``*_statistics``.
+
+    Lazy when ``ds`` is, one pass over the data; accumulated in float64 and kept in float32 like the
+    release's. Images get one mean and std over every pixel of every train trial; the other variables
+    one per element.
+
+    >>> stats = train_statistics(ds, ["responses"])                              # doctest: +SKIP
+    >>> stats.responses_statistics.sel(subset="all", statistic="std").compute()  # doctest: +SKIP
+    """
+    train = _train_mask(ds)
+    names = [name for name in model.DATA_VARIABLES if name in ds.data_vars] if variables is None else list(variables)
+    return xr.Dataset({model.statistics_name(name): _train_statistics_of(ds[name], train, name) for name in names})
+
+
+def _statistics_source(ds: xr.Dataset, statistics: str, variables: Sequence[str]) -> xr.Dataset:
+    """The ``*_statistics`` to use: those of ``ds``, or the train tier's, computed lazily."""
+    if statistics not in ("stored", "train"):
+        raise ValueError(f"statistics must be 'stored' or 'train', found {statistics!r}")
+    return ds if statistics == "stored" else train_statistics(ds, variables)
+
+
+def _precision(std: xr.DataArray, statistics: str) -> xr.DataArray:
+    precision = xr.apply_ufunc(
+        response_precision_from_std,
+        std,
+        input_core_dims=[["neuron"]],
+        output_core_dims=[["neuron"]],
+        dask="parallelized",
+        output_dtypes=[std.dtype],
+        dask_gufunc_kwargs={"allow_rechunk": True},
+    )
+    precision.attrs = {"long_name": "response precision (1 / thresholded train std)", STATISTICS_ATTR: statistics}
+    return precision.rename("response_precision")
+
+
+def response_precision(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> xr.DataArray:
+    """Per-neuron precision the official loader multiplies responses by (see ``standardize``).
+
+    >>> precision = response_precision(ds)                      # doctest: +SKIP
+    >>> raw = standardized.responses / precision                # back to the stored scale  # doctest: +SKIP
+    """
+    source = _statistics_source(ds, statistics, ["responses"])
+    release = ds.attrs.get("release_name", "scan")
+    return _precision(_statistic(source, ds["responses"], "responses", "std", release), statistics)
+
+
+def _standardized(ds: xr.Dataset, source: xr.Dataset, variable: str, statistics: str) -> xr.DataArray:
+    data = ds[variable]
+    release = ds.attrs.get("release_name", "scan")
+    std = _statistic(source, data, variable, "std", release)
+    if variable == "responses":
+        scaled = data * _precision(std, statistics)
+    elif variable == "behavior":
+        scaled = data * _reciprocal_or_nan(std)
+    else:
+        scaled = (data - _statistic(source, data, variable, "mean", release)) * _reciprocal_or_nan(std)
+    scaled = scaled.astype(np.result_type(data.dtype, np.float32), copy=False).transpose(*data.dims)
+    scaled.attrs = {**data.attrs, TRANSFORM_ATTR: f"{_TRANSFORMS[variable]} (statistics: {statistics})"}
+    scaled.encoding = {}
+    return scaled
+
+
+def standardize(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> xr.Dataset:
+    """The scan on the official loader's scale: images and pupil z-scored, behaviour / std, responses * precision.
+
+    ``statistics="stored"`` uses the release's ``*_statistics`` (subset ``all``); ``"train"`` computes them
+    lazily from the train-tier trials of ``ds`` (as ``train_statistics``). Nothing is computed here: dask
+    data stay dask. Coordinates and the statistics variables are kept; ``attrs["standardized"]`` lists
+    the variables transformed and ``attrs["standardization_statistics"]`` the source of the statistics.
+    NaN (withheld) stay NaN; a variable whose std is zero or NaN (e.g. withheld behaviour) reads NaN.
+
+    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6")  # doctest: +SKIP
+    >>> standardized = neuroxr.standardize(ds)                                                      # doctest: +SKIP
+    >>> standardized.responses.sel(trial=ds.tier == "test")                                         # doctest: +SKIP
+    """
+    if ds.attrs.get(STANDARDIZED_ATTR):
+        done = ds.attrs[STANDARDIZED_ATTR]
+        raise ValueError(f"expected a Dataset on the stored scale, found one already standardised ({done})")
+    variables = [name for name in model.DATA_VARIABLES if name in ds.data_vars]
+    source = _statistics_source(ds, statistics, variables)
+    result = ds.copy()
+    for variable in variables:
+        result[variable] = _standardized(ds, source, variable, statistics)
+    result.attrs = {**ds.attrs, STANDARDIZED_ATTR: ",".join(variables), STATISTICS_ATTR: statistics}
+    return result

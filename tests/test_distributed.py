@@ -1,0 +1,41 @@
+"""The same analysis on a LocalCluster with process workers as with the threaded scheduler."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+import neuroxr
+from neuroxr.formats.folder import to_folder
+from neuroxr.metrics import oracle_correlation, select_tier
+from neuroxr.synthetic import make_scan
+
+
+def train_statistics(ds: xr.Dataset) -> xr.Dataset:
+    train = select_tier(ds.responses, "train")
+    return xr.Dataset({"mean": train.mean("trial"), "std": train.std("trial", ddof=1)})
+
+
+def analysis(ds: xr.Dataset) -> xr.Dataset:
+    result = train_statistics(ds)
+    result["oracle_correlation"] = oracle_correlation(ds, tier="test")
+    return result
+
+
+def test_statistics_and_oracle_on_a_local_cluster(tmp_path: Path, cluster_client) -> None:
+    archive = to_folder(make_scan(n_trials=300, n_neurons=60, seed=4), tmp_path / "scan.zip", zip=True)
+    ds = neuroxr.open_scan(archive, chunks=64)
+    threaded = analysis(ds).compute(scheduler="threads")
+    on_cluster = cluster_client.compute(analysis(ds)).result()
+    workers = cluster_client.run(lambda: __import__("os").getpid())
+    assert len(set(workers.values())) == 2  # two separate worker processes
+    xr.testing.assert_allclose(threaded, on_cluster, rtol=1e-12)
+    # and both equal plain numpy on the eagerly loaded responses
+    responses = ds.responses.values
+    train = ds.tier.values == "train"
+    np.testing.assert_allclose(on_cluster["mean"].values, responses[train].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(on_cluster["std"].values, responses[train].std(0, ddof=1), rtol=1e-4)
+    assert np.nanmean(on_cluster.oracle_correlation.values) > 0.1

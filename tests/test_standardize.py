@@ -1,0 +1,262 @@
+"""neuroxr.standardize (neuroxr/standardization.py): the official loader's normalisation, lazily, on a contract Dataset."""
+
+from __future__ import annotations
+
+import warnings
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+from neuroxr import model
+from neuroxr.errors import ScanError
+from neuroxr.standardization import response_precision, response_precision_from_std, standardize, train_statistics
+from neuroxr.synthetic import make_scan
+
+SMALL = {"n_trials": 120, "n_neurons": 20, "image_shape": (1, 9, 16)}
+
+
+def _forbidden_scheduler(*args, **kwargs):
+    raise AssertionError("something was computed")
+
+
+def contract_scan(
+    *,
+    n_trials: int = 30,
+    n_neurons: int = 9,
+    chunk: int = 7,
+    seed: int = 0,
+    behavior_withheld: bool = False,
+    competition: bool = False,
+) -> xr.Dataset:
+    """A small Dataset shaped like ``open_scan``'s: dask data variables, numpy statistics of the train tier."""
+    rng = np.random.default_rng(seed)
+    tiers = rng.permutation(np.array(["train"] * (n_trials - 10) + ["validation"] * 4 + ["test"] * 6))
+    image_ids = rng.integers(100, 9000, n_trials)
+    image_ids[tiers == "test"] = [7, 7, 7, 9, 9, 9]
+    data = {
+        "images": rng.integers(0, 256, (n_trials, 1, 2, 3)).astype(np.float32),
+        "responses": rng.gamma(0.5, 2.0, (n_trials, n_neurons)).astype(np.float32),
+        "behavior": rng.normal([5, 0, 2], [2, 0.5, 4], (n_trials, 3)).astype(np.float32),
+        "pupil_center": rng.normal([120, 80], [10, 5], (n_trials, 2)).astype(np.float32),
+    }
+    if behavior_withheld:
+        data["behavior"][:] = 0
+        data["pupil_center"][:] = 0
+    train = tiers == "train"
+    variables = {}
+    for name, values in data.items():
+        dims = ("trial", *model.DATA_DIMS[name])
+        chunks = (chunk, *values.shape[1:])
+        variables[name] = xr.Variable(dims, da.from_array(values, chunks=chunks), {model.FILE_ATTR: f"data/{name}"})
+        axis = None if name == "images" else 0
+        on_train = values[train]
+        stats = [on_train.mean(axis), on_train.std(axis, ddof=1), on_train.min(axis), on_train.max(axis)]
+        stats.append(np.median(on_train, axis))
+        stats = np.stack([np.asarray(s, dtype=np.float32) for s in stats])[None]
+        stat_dims = ("subset", "statistic", *(() if axis is None else dims[1:]))
+        variables[model.statistics_name(name)] = xr.Variable(stat_dims, stats, {model.FILE_ATTR: f"meta/statistics/{name}"})
+    if competition:
+        withheld = tiers == "test"
+        responses = variables["responses"]
+        variables["responses"] = responses.copy(data=da.where(withheld[:, None], np.nan, responses.data))
+    coords = {
+        "trial": np.arange(n_trials, dtype=np.int64),
+        "neuron": np.sort(rng.choice(np.arange(1, 5 * n_neurons), n_neurons, replace=False)).astype(np.uint16),
+        "channel": np.arange(1), "y": np.arange(2), "x": np.arange(3),
+        "behavior_variable": np.array(model.BEHAVIOR_VARIABLES), "pupil_axis": np.array(model.PUPIL_AXES),
+        "subset": np.array(["all"]), "statistic": np.array(model.STATISTICS),
+        "tier": ("trial", tiers), "image_id": ("trial", image_ids),
+        model.WITHHELD_COORD: ("trial", tiers == "test" if competition else np.zeros(n_trials, bool)),
+        "area": ("neuron", np.array(["V1"] * n_neurons)), "layer": ("neuron", np.array(["L2/3"] * n_neurons)),
+    }
+    withheld = ("responses," if competition else "") + ("behavior,pupil_center" if behavior_withheld else "")
+    attrs = {"scan": "30001-2-3", "format": model.FORMAT, "release_name": "static30001-2-3-GrayImageNet-x"}
+    attrs["withheld"] = withheld.strip(",")
+    return xr.Dataset(variables, coords, attrs=attrs)
+
+
+def _stored(ds: xr.Dataset, variable: str, statistic: str) -> np.ndarray:
+    return ds[model.statistics_name(variable)].sel(subset="all", statistic=statistic).values
+
+
+def _official(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """NeuroNormalizer's transforms, trial by trial as the official loader applies them, in numpy."""
+    ds = ds.compute()
+    s = _stored(ds, "responses", "std")
+    threshold = 0.01 * np.nanmean(s)
+    idx = s > threshold
+    precision = np.ones_like(s) / threshold
+    precision[idx] = 1 / s[idx]
+    out = {name: [] for name in model.DATA_VARIABLES}
+    for trial in range(ds.sizes["trial"]):
+        out["images"].append((ds.images.values[trial] - _stored(ds, "images", "mean")) / _stored(ds, "images", "std"))
+        out["responses"].append(ds.responses.values[trial] * precision)
+        out["behavior"].append(ds.behavior.values[trial] * (1 / _stored(ds, "behavior", "std")))
+        pupil = ds.pupil_center.values[trial]
+        out["pupil_center"].append((pupil - _stored(ds, "pupil_center", "mean")) / _stored(ds, "pupil_center", "std"))
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def test_matches_the_official_normalizer_including_the_std_threshold():
+    ds = contract_scan()
+    std = ds.responses_statistics.values
+    std[0, 1, 2] = 1e-5  # far below 1% of the mean std: raised to the threshold
+    std[0, 1, 4] = 0.0
+    result = standardize(ds)
+    expected = _official(ds)
+    for name in model.DATA_VARIABLES:
+        assert result[name].dtype == np.float32
+        np.testing.assert_allclose(result[name].values, expected[name], rtol=1e-6, atol=1e-6)
+    threshold = 0.01 * np.nanmean(std[0, 1])
+    np.testing.assert_allclose(response_precision(ds).values[[2, 4]], 1 / threshold, rtol=1e-6)
+
+
+def test_behavior_is_divided_not_centred_and_pupil_is_centred():
+    ds = contract_scan()
+    result = standardize(ds)
+    behavior = result.behavior.mean("trial").values
+    assert behavior[0] > 1  # pupil dilation mean ~5, std ~2: not centred
+    assert abs(float(result.pupil_center.sel(trial=ds.tier == "train").mean())) < 1e-5
+
+
+def test_is_lazy_and_keeps_coordinates_and_records_attrs():
+    ds = contract_scan()
+    with dask.config.set(scheduler=_forbidden_scheduler):
+        for statistics in ("stored", "train"):
+            result = standardize(ds, statistics=statistics)
+            for name in model.DATA_VARIABLES:
+                assert isinstance(result[name].data, da.Array)
+                assert result[name].chunks == ds[name].chunks
+            assert result.attrs[("standardization_statistics")] == statistics
+    assert result.attrs["standardized"] == "images,responses,behavior,pupil_center"
+    assert result.attrs["scan"] == "30001-2-3"
+    assert "standardization" in result.responses.attrs
+    assert result.responses.attrs[model.FILE_ATTR] == "data/responses"
+    for name in ds.coords:
+        xr.testing.assert_identical(result[name], ds[name])
+    xr.testing.assert_identical(result.responses_statistics, ds.responses_statistics)
+
+
+def test_train_statistics_equal_the_stored_ones_when_those_came_from_the_train_tier():
+    ds = contract_scan(seed=3)
+    stored = standardize(ds)
+    train = standardize(ds, statistics="train")
+    for name in model.DATA_VARIABLES:
+        np.testing.assert_allclose(train[name].values, stored[name].values, rtol=2e-5, atol=2e-5)
+    precision = response_precision(ds, statistics="train").values
+    np.testing.assert_allclose(precision, 1 / _stored(ds, "responses", "std"), rtol=1e-5)
+
+
+def test_train_statistics_are_laid_out_like_the_stored_ones():
+    ds = contract_scan(seed=5)
+    with dask.config.set(scheduler=_forbidden_scheduler):
+        computed = train_statistics(ds)
+    for name in model.DATA_VARIABLES:
+        stored = ds[model.statistics_name(name)].sel(statistic=["mean", "std"])
+        result = computed[model.statistics_name(name)]
+        assert result.dims == stored.dims and result.dtype == np.float32
+        assert list(result.statistic.values) == ["mean", "std"] and list(result.subset.values) == ["all"]
+        np.testing.assert_allclose(result.values, stored.values, rtol=1e-5)
+    assert list(train_statistics(ds, ["responses"]).data_vars) == ["responses_statistics"]
+    in_memory = train_statistics(ds.compute())
+    for name in computed.data_vars:
+        assert isinstance(in_memory[name].data, np.ndarray)
+        np.testing.assert_allclose(in_memory[name].values, computed[name].values, rtol=1e-6)
+    uneven = train_statistics(ds.chunk(trial=4, neuron=2, y=1)).compute()
+    xr.testing.assert_allclose(uneven, computed.compute(), rtol=1e-6)
+
+
+def test_train_statistics_use_only_train_trials_with_ddof_1():
+    ds = contract_scan(seed=4)
+    ds = ds.drop_vars([model.statistics_name(name) for name in model.DATA_VARIABLES])
+    result = standardize(ds, statistics="train")
+    train = ds.tier.values == "train"
+    responses = ds.responses.values.astype(np.float64)
+    np.testing.assert_allclose(result.responses.values, responses / responses[train].std(0, ddof=1), rtol=1e-5)
+    images = ds.images.values.astype(np.float64)
+    expected = (images - images[train].mean()) / images[train].std(ddof=1)
+    np.testing.assert_allclose(result.images.values, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_withheld_values_stay_nan_and_zero_std_gives_nan_without_warnings():
+    ds = contract_scan(behavior_withheld=True, competition=True)
+    ds["behavior"] = ds.behavior.where(False)  # withheld behaviour reads NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = standardize(ds)
+        values = {name: result[name].values for name in model.DATA_VARIABLES}
+    assert np.isnan(values["responses"][ds.tier.values == "test"]).all()
+    assert not np.isnan(values["responses"][ds.tier.values != "test"]).any()
+    assert np.isnan(values["behavior"]).all()
+    assert np.isnan(values["pupil_center"]).all()  # zeros on disk, but the stored std is zero
+    assert np.isfinite(values["images"]).all()
+
+
+def test_missing_stored_statistics_name_the_file_and_point_to_train():
+    ds = contract_scan().drop_vars("responses_statistics")
+    with pytest.raises(ScanError, match=r"meta/statistics/responses/all/std\.npy.*statistics='train'"):
+        standardize(ds)
+    nan_stats = contract_scan()
+    nan_stats["behavior_statistics"] = nan_stats.behavior_statistics * np.nan
+    with pytest.raises(ScanError, match="behavior/all/std"):
+        standardize(nan_stats)
+
+
+def test_refuses_twice_and_unknown_sources():
+    ds = contract_scan()
+    with pytest.raises(ValueError, match="already standardised"):
+        standardize(standardize(ds))
+    with pytest.raises(ValueError, match="'stored' or 'train'"):
+        standardize(ds, statistics="test")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="train trials"):
+        standardize(ds.isel(trial=ds.tier.values == "test"), statistics="train")
+
+
+def test_variables_absent_from_the_dataset_are_skipped():
+    ds = contract_scan().drop_vars(["images", "behavior"])
+    result = standardize(ds)
+    assert result.attrs["standardized"] == "responses,pupil_center"
+    assert "images" not in result
+
+
+def test_precision_from_std_follows_the_official_formula():
+    std = np.array([2.0, 0.0, np.nan, 4.0, 1e-4], dtype=np.float32)
+    threshold = 0.01 * np.nanmean(std)
+    expected = np.array([0.5, 1 / threshold, 1 / threshold, 0.25, 1 / threshold], dtype=np.float32)
+    np.testing.assert_allclose(response_precision_from_std(std), expected, rtol=1e-6)
+    assert response_precision_from_std(std).dtype == np.float32
+    assert np.isnan(response_precision_from_std(np.zeros(3))).all()
+
+
+def test_synthetic_scan_train_statistics_reproduce_the_stored_ones():
+    ds = make_scan(**SMALL, seed=2)
+    stored = standardize(ds)
+    train = standardize(ds, statistics="train")
+    for name in model.DATA_VARIABLES:
+        np.testing.assert_allclose(train[name].values, stored[name].values, rtol=1e-5, atol=1e-5)
+    on_train = stored.responses.sel(trial=ds.tier == "train").std("trial", ddof=1).values
+    threshold = 0.01 * np.nanmean(_stored(ds, "responses", "std"))
+    regular = _stored(ds, "responses", "std") > threshold
+    np.testing.assert_allclose(on_train[regular], 1, rtol=1e-4)
+
+
+def test_synthetic_competition_scan_keeps_withheld_cells_nan():
+    ds = make_scan(**SMALL, competition=True, behavior_withheld=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        result = standardize(ds).compute()
+    withheld = ds[model.WITHHELD_COORD].values
+    assert withheld.any() and np.isnan(result.responses.values[withheld]).all()
+    assert np.isfinite(result.responses.values[~withheld]).all()
+    assert np.isnan(result.behavior.values).all() and np.isnan(result.pupil_center.values).all()
+
+
+def test_neuroxr_standardize_is_the_function():
+    import neuroxr
+
+    ds = contract_scan()
+    assert neuroxr.standardize is standardize
+    assert neuroxr.standardize(ds).attrs["standardized"] == "images,responses,behavior,pupil_center"
