@@ -23,7 +23,9 @@ _EXPORTS = {
     "open": "neuroxr.opening",
     "to_folder": "neuroxr.formats.folder",
     "to_netcdf": "neuroxr.formats.netcdf",
+    "open_netcdf": "neuroxr.formats.netcdf",
     "to_zarr": "neuroxr.formats.zarr",
+    "open_zarr": "neuroxr.formats.zarr",
     "to_nwb": "neuroxr.formats.nwb",
     "open_nwb": "neuroxr.formats.nwb",
     "standardize": "neuroxr.standardization",
@@ -39,9 +41,9 @@ if TYPE_CHECKING:
     from neuroxr import metrics, model, synthetic
     from neuroxr.dataset import open_scan
     from neuroxr.formats.folder import to_folder
-    from neuroxr.formats.netcdf import to_netcdf
+    from neuroxr.formats.netcdf import open_netcdf, to_netcdf
     from neuroxr.formats.nwb import open_nwb, to_nwb
-    from neuroxr.formats.zarr import to_zarr
+    from neuroxr.formats.zarr import open_zarr, to_zarr
     from neuroxr.opening import open, open_datatree
     from neuroxr.standardization import standardize, train_statistics
     from neuroxr.synthetic import make_scan, write_scan

@@ -1,0 +1,361 @@
+"""What the NetCDF and Zarr sinks share: a Dataset made ready to write, and a streamed write.
+
+- Attributes are normalised to what every format stores as it is (str, int, float, 1-D lists).
+- Encodings left over from whatever the Dataset was read from are dropped (stale chunk sizes and
+  compressors clash with new ones).
+- Dask chunks are made regular and the same along ``trial`` for every variable, so that each dask
+  chunk is exactly one chunk of the file: writes need no read-modify-write and Zarr needs no lock.
+- The numpy dtypes of string variables are recorded, for formats that cannot keep a ``<U`` width.
+- Compression specs (``None``, ``"zstd"``, ``"zlib:4"``, ``"blosc_lz4:5"``) are parsed here; each
+  format maps them onto its own encoding keys.
+
+Nothing here knows a file format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+TRIAL = "trial"
+#: A file chunk of a single variable is kept below this many bytes (HDF5 refuses chunks of 4 GiB).
+MAX_CHUNK_BYTES = 1 << 30
+
+Scans = xr.Dataset | xr.DataTree
+
+
+# ----------------------------------------------------------------------------------------------
+# attributes
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def normalise_attr(value: Any) -> Any:
+    """An attribute value every format stores as it is, or ``None`` to drop it.
+
+    str, int, float and 1-D lists of those pass; bools become 0/1; dicts, nested or mixed lists and
+    other objects become JSON text; ``None`` is dropped.
+
+    >>> normalise_attr(True), normalise_attr({"a": 1}), normalise_attr((1, 2))
+    (1, '{"a": 1}', [1, 2])
+    """
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, (str, bytes)) or _number(value):
+        return value
+    if isinstance(value, np.ndarray) and value.ndim <= 1:
+        value = value.tolist() if value.ndim else value.item()
+        return normalise_attr(value)
+    if isinstance(value, (list, tuple)):
+        items = [int(item) if isinstance(item, (bool, np.bool_)) else item for item in value]
+        if all(isinstance(item, str) for item in items) or all(_number(item) for item in items):
+            return items
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def normalise_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    """``attrs`` with every value passed through :func:`normalise_attr` (dropped ones removed)."""
+    normalised = {str(key): normalise_attr(value) for key, value in attrs.items()}
+    return {key: value for key, value in normalised.items() if value is not None}
+
+
+# ----------------------------------------------------------------------------------------------
+# chunks
+
+
+def _regular(chunks: tuple[int, ...]) -> bool:
+    """Every chunk but the last has the same size, and the last is no larger."""
+    return len(chunks) <= 1 or (len(set(chunks[:-1])) == 1 and chunks[-1] <= chunks[0])
+
+
+def trial_block(ds: xr.Dataset) -> int | None:
+    """The trials per chunk to write: that of the largest dask variable along ``trial``.
+
+    The block is cut down when one chunk of some variable would exceed
+    :data:`MAX_CHUNK_BYTES`.
+    """
+    chunked = [v for v in ds.data_vars.values() if v.chunks is not None and TRIAL in v.dims]
+    if not chunked:
+        return None
+    largest = max(chunked, key=lambda v: v.nbytes)
+    block = max(largest.chunksizes[TRIAL])
+    for variable in chunked:
+        per_trial = variable.nbytes // max(1, variable.sizes[TRIAL])
+        if per_trial and block * per_trial > MAX_CHUNK_BYTES:
+            block = max(1, block // math.ceil(block * per_trial / MAX_CHUNK_BYTES))
+    return block
+
+
+def regular_chunks(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with every dask variable chunked regularly and all of them alike along ``trial``.
+
+    Variables in memory stay in memory; a dask variable whose chunks are already regular and match
+    the trial block is left untouched (no new graph layer).
+    """
+    block = trial_block(ds)
+    changed: dict[str, xr.Variable] = {}
+    for name, variable in ds.variables.items():
+        if variable.chunks is None:
+            continue
+        wanted: dict[str, int] = {}
+        for dim, chunks in zip(variable.dims, variable.chunks):
+            if dim == TRIAL and block is not None and (chunks[0] != block or not _regular(chunks)):
+                wanted[dim] = block
+            elif not _regular(chunks):
+                wanted[dim] = max(chunks)
+        if wanted:
+            changed[str(name)] = variable.chunk(wanted)
+    if not changed:
+        return ds
+    ds = ds.copy()
+    for name, variable in changed.items():
+        ds[name] = variable
+    return ds
+
+
+def chunk_shape(variable: xr.Variable) -> tuple[int, ...] | None:
+    """The file chunk of a dask variable: its (regular) dask chunk; None for a numpy variable."""
+    if variable.chunks is None:
+        return None
+    return tuple(max(1, chunks[0]) for chunks in variable.chunks)
+
+
+# ----------------------------------------------------------------------------------------------
+# preparing a Dataset or a DataTree
+
+
+def _check_writable(ds: xr.Dataset, where: str) -> None:
+    for name, index in ds.xindexes.items():
+        if type(index).__name__ == "PandasMultiIndex":
+            raise ValueError(
+                f"{where}: coordinate {name!r} is a MultiIndex, which NetCDF and Zarr cannot store; "
+                f"call .reset_index({name!r}) first"
+            )
+    for name, variable in ds.variables.items():
+        if variable.dtype.kind == "O" and variable.chunks is not None:
+            raise ValueError(
+                f"{where}: variable {name!r} is a dask array of Python objects; expected numbers or "
+                "strings of a numpy dtype (convert it with .astype(str) or .astype(float))"
+            )
+
+
+def prepare_dataset(ds: xr.Dataset, where: str = "dataset") -> xr.Dataset:
+    """``ds`` ready to write: no stale encodings, normalised attrs, regular chunks."""
+    _check_writable(ds, where)
+    ds = ds.drop_encoding()
+    ds.attrs = normalise_attrs(ds.attrs)
+    for variable in ds.variables.values():
+        variable.attrs = normalise_attrs(variable.attrs)
+    return regular_chunks(ds)
+
+
+def node_datasets(obj: Scans) -> dict[str, xr.Dataset]:
+    """Group path -> the Dataset stored there (only the node's own variables); ``{"/": ds}`` for a Dataset."""
+    if isinstance(obj, xr.DataTree):
+        return {node.path: node.to_dataset(inherit=False) for node in obj.subtree}
+    if isinstance(obj, xr.Dataset):
+        return {"/": obj}
+    raise TypeError(f"expected an xarray.Dataset or xarray.DataTree, found {type(obj).__name__}")
+
+
+def prepare(obj: Scans) -> tuple[Scans, dict[str, xr.Dataset]]:
+    """The object to write (same kind as ``obj``) and its prepared Dataset per group path."""
+    nodes = {path: prepare_dataset(ds, where=path) for path, ds in node_datasets(obj).items()}
+    if isinstance(obj, xr.DataTree):
+        return xr.DataTree.from_dict(nodes, name=obj.name), nodes
+    return nodes["/"], nodes
+
+
+def sources(obj: Scans) -> list[str]:
+    """Every file a lazy Dataset (or tree) reads from, as recorded in its encodings."""
+    found: list[str] = []
+    for ds in node_datasets(obj).values():
+        for encoding in [ds.encoding, *(v.encoding for v in ds.variables.values())]:
+            source = encoding.get("source")
+            if isinstance(source, (str, os.PathLike)) and str(source) not in found:
+                found.append(str(source))
+    return found
+
+
+# ----------------------------------------------------------------------------------------------
+# string dtypes
+
+
+def string_dtypes(ds: xr.Dataset) -> dict[str, str]:
+    """Variable name -> numpy dtype string (e.g. ``"<U32"``) of each fixed-width unicode variable."""
+    return {str(name): v.dtype.str for name, v in ds.variables.items() if v.dtype.kind == "U"}
+
+
+def restore_string_dtypes(ds: xr.Dataset, dtypes: Mapping[str, str]) -> xr.Dataset:
+    """``ds`` with each string variable cast back to its recorded numpy dtype (widths included)."""
+    updates: dict[str, xr.Variable] = {}
+    for name, dtype in dtypes.items():
+        variable = ds.variables.get(name)
+        if variable is None or variable.dtype.kind not in "UO" or variable.dtype == np.dtype(dtype):
+            continue
+        updates[name] = variable.astype(dtype)
+    if not updates:
+        return ds
+    coords = {name: v for name, v in updates.items() if name in ds.coords}
+    data = {name: v for name, v in updates.items() if name not in ds.coords}
+    return ds.assign_coords(coords).assign(data)
+
+
+# ----------------------------------------------------------------------------------------------
+# compression
+
+
+@dataclass(frozen=True)
+class Compression:
+    """A codec and its level; ``codec=None`` means no compression."""
+
+    codec: str | None
+    level: int | None = None
+
+    def __str__(self) -> str:
+        if self.codec is None:
+            return "none"
+        return self.codec if self.level is None else f"{self.codec}:{self.level}"
+
+
+def parse_compression(spec: str | None, codecs: Mapping[str, int], fmt: str) -> Compression:
+    """Parse ``"codec[:level]"`` (or None / ``"none"``) against the codecs a format offers.
+
+    ``codecs`` maps each codec name to its default level.
+
+    >>> parse_compression("zstd:3", {"zstd": 1}, "NetCDF")
+    Compression(codec='zstd', level=3)
+    """
+    if spec is None or str(spec).strip().lower() in ("", "none", "off", "false"):
+        return Compression(None)
+    name, _, level = str(spec).strip().lower().partition(":")
+    if name not in codecs:
+        offered = ", ".join(["none", *codecs])
+        raise ValueError(f"{fmt} compression: expected one of {offered} (optionally ':level'), found {spec!r}")
+    if not level:
+        return Compression(name, codecs[name])
+    try:
+        return Compression(name, int(level))
+    except ValueError:
+        raise ValueError(f"{fmt} compression: the level in {spec!r} must be an integer") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def uncompressed_bytes(nodes: Mapping[str, xr.Dataset]) -> int:
+    return sum(v.nbytes for ds in nodes.values() for v in ds.variables.values())
+
+
+def check_free_space(target: str | os.PathLike[str], needed: int) -> None:
+    """Raise ``OSError(ENOSPC)`` before writing when the target's device has less than ``needed`` bytes free."""
+    parent = Path(target).parent if str(Path(target).parent) else Path(".")
+    if not parent.is_dir():
+        return  # atomic_target says so, naming the folder
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"{target}: not enough space: the export needs about {needed / 1e9:.2f} GB, "
+            f"the device holding {parent} has {free / 1e9:.2f} GB free",
+        )
+
+
+def explain_write_error(error: BaseException, target: str | os.PathLike[str]) -> BaseException:
+    """A clearer error for a failed write: a full device is named as such; anything else gets a note."""
+    parent = Path(target).parent if str(Path(target).parent) else Path(".")
+    with contextlib.suppress(OSError):
+        if shutil.disk_usage(parent).free < 16 * 1024 * 1024:
+            return OSError(errno.ENOSPC, f"{target}: no space left on the device while writing ({error})")
+    if isinstance(error, Exception):
+        error.add_note(f"while writing {target} (nothing was left at that path)")
+    return error
+
+
+@contextlib.contextmanager
+def progress_bar(enabled: bool, description: str) -> Iterator[None]:
+    """Show a bar of the dask tasks run inside the block (local schedulers; distributed: use the dashboard)."""
+    if not enabled:
+        yield
+        return
+    try:
+        from tqdm.dask import TqdmCallback
+
+        bar: contextlib.AbstractContextManager[Any] = TqdmCallback(desc=description)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        from dask.diagnostics import ProgressBar
+
+        bar = ProgressBar()
+    with bar:
+        yield
+
+
+@contextlib.contextmanager
+def own_thread_pool() -> Iterator[None]:
+    """Run dask's threaded scheduler on a pool of our own and wait for its threads at the end.
+
+    When a task fails, dask raises at once while other tasks may still be writing chunks; waiting
+    for them before the temporary target is removed is what makes the removal final. Other
+    schedulers (synchronous, processes, distributed) and a pool the user configured are left alone.
+    """
+    import dask
+    import dask.threaded
+    from dask.base import get_scheduler
+
+    if get_scheduler() not in (None, dask.threaded.get) or dask.config.get("pool", None) is not None:
+        yield
+        return
+    executor_class = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", None)
+    if executor_class is None:  # pragma: no cover - older dask
+        from concurrent.futures import ThreadPoolExecutor as executor_class
+    workers = dask.config.get("num_workers", None) or dask.threaded.CPU_COUNT
+    pool = executor_class(workers)
+    try:
+        with dask.config.set(pool=pool):
+            yield
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def write_atomically(
+    target: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    *,
+    overwrite: bool,
+    progress: bool,
+    needed_bytes: int | None,
+) -> Path:
+    """Run ``write(temporary_path)`` beside ``target`` and rename on success; clear errors otherwise."""
+    from neuroxr.formats._atomic import atomic_target
+
+    if needed_bytes is not None:
+        check_free_space(target, needed_bytes)
+    with atomic_target(target, overwrite=overwrite) as temporary:
+        try:
+            with own_thread_pool(), progress_bar(progress, f"writing {Path(target).name}"):
+                write(temporary)
+        except (OSError, RuntimeError) as error:
+            explained = explain_write_error(error, target)
+            if explained is error:
+                raise
+            raise explained from error
+    return Path(target)

@@ -1,0 +1,177 @@
+"""NetCDF sink and reader: a scan (Dataset) or several (DataTree, one group per scan) to one netCDF-4 file.
+
+The file is plain netCDF-4 that ``xr.open_dataset`` / ``xr.open_datatree`` read back with nothing
+from neuroxr: same names, values, attributes and dtypes (booleans as booleans, uint16 as uint16,
+strings as numpy ``<U`` strings). Strings are netCDF-4 variable-length strings, so plain xarray
+gives each string variable the width of its longest value; a ``<U32`` holding shorter values comes
+back narrower. The declared widths are therefore recorded in an unused named enum type per group
+(``neuroxr_string_dtypes``, members ``"<name>=<dtype>"``), which xarray ignores and
+:func:`open_netcdf` reads to give back the exact dtypes.
+
+Data variables are written chunk by chunk from dask, one HDF5 chunk per dask chunk of trials, to a
+temporary name beside the target that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from neuroxr.formats import _encoding
+from neuroxr.formats._atomic import refuse_to_overwrite_source
+
+#: Default compression: none. Measured on release-sized data (docs/convert.md): zlib costs several
+#: times the write time, zstd needs an HDF5 filter plugin that h5py/h5netcdf and older netCDF builds
+#: lack; uncompressed chunked files write at disk speed and every netCDF-4 reader opens them.
+DEFAULT_COMPRESSION: str | None = None
+
+#: codec -> default level, per engine.
+CODECS: dict[str, dict[str, int]] = {
+    "netcdf4": {"zlib": 1, "zstd": 1},
+    "h5netcdf": {"zlib": 1},
+}
+STRING_DTYPES_TYPE = "neuroxr_string_dtypes"
+
+CompressionSpec = str | Mapping[str, Any] | None
+
+
+def compression_encoding(compression: CompressionSpec, engine: str) -> dict[str, Any]:
+    """The per-variable encoding keys of a compression spec for an engine.
+
+    ``compression`` is None/"none", ``"codec[:level]"`` (netcdf4: zlib, zstd; h5netcdf: zlib), or
+    a mapping of raw encoding keys passed to xarray as they are. (The HDF5 Blosc filter is not
+    offered: it fails the write on a chunk it cannot compress.)
+
+    >>> compression_encoding("zlib:4", "netcdf4")
+    {'compression': 'zlib', 'complevel': 4, 'shuffle': True}
+    """
+    if isinstance(compression, Mapping):
+        return dict(compression)
+    if engine not in CODECS:
+        raise ValueError(f"NetCDF engine: expected one of {', '.join(CODECS)}, found {engine!r}")
+    parsed = _encoding.parse_compression(compression, CODECS[engine], f"NetCDF ({engine})")
+    if parsed.codec is None:
+        return {}
+    if engine == "h5netcdf":
+        return {"compression": "gzip", "compression_opts": parsed.level, "shuffle": True}
+    # netCDF4-python applies the HDF5 shuffle filter with zlib only.
+    return {"compression": parsed.codec, "complevel": parsed.level, "shuffle": parsed.codec == "zlib"}
+
+
+def _variable_encodings(ds: xr.Dataset, compression: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """chunksizes = the dask chunks (one HDF5 chunk per dask chunk), compression on chunked data variables."""
+    encodings: dict[str, dict[str, Any]] = {}
+    for name, variable in ds.variables.items():
+        shape = _encoding.chunk_shape(variable)
+        if shape is None or variable.dtype.kind in "USO" or 0 in variable.shape:
+            continue
+        encodings[str(name)] = {"chunksizes": shape, **(compression if name in ds.data_vars else {})}
+    return encodings
+
+
+def _record_string_dtypes(path: Path, nodes: Mapping[str, xr.Dataset]) -> None:
+    """Add the ``neuroxr_string_dtypes`` enum type to each group that holds string variables."""
+    import netCDF4
+
+    with netCDF4.Dataset(path, "a") as root:
+        for group_path, ds in nodes.items():
+            dtypes = _encoding.string_dtypes(ds)
+            if not dtypes:
+                continue
+            group = root if group_path == "/" else root[group_path.lstrip("/")]
+            members = {f"{name}={dtype}": code for code, (name, dtype) in enumerate(sorted(dtypes.items()))}
+            base = np.uint8 if len(members) <= 255 else np.uint32
+            group.createEnumType(base, STRING_DTYPES_TYPE, members)
+
+
+def _recorded_string_dtypes(path: str | os.PathLike[str]) -> dict[str, dict[str, str]]:
+    """Group path -> {variable: dtype} as recorded by :func:`_record_string_dtypes`."""
+    import netCDF4
+
+    found: dict[str, dict[str, str]] = {}
+
+    def visit(group: Any, group_path: str) -> None:
+        enum = group.enumtypes.get(STRING_DTYPES_TYPE)
+        if enum is not None:
+            found[group_path] = dict(member.rsplit("=", 1) for member in enum.enum_dict)
+        for name, child in group.groups.items():
+            visit(child, f"{group_path.rstrip('/')}/{name}")
+
+    with netCDF4.Dataset(path) as root:
+        visit(root, "/")
+    return found
+
+
+def to_netcdf(
+    obj: xr.Dataset | xr.DataTree,
+    path: str | os.PathLike[str],
+    *,
+    engine: str = "netcdf4",
+    compression: CompressionSpec = DEFAULT_COMPRESSION,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a scan (Dataset) or several scans (DataTree, one group each) to a netCDF-4 file, streaming.
+
+    Dask chunks are written one by one (the scan is never loaded); the file appears at ``path``
+    only once complete. ``compression``: None (default, see docs/convert.md), ``"zlib[:level]"``
+    (with byte shuffle), ``"zstd[:level]"`` or a mapping of xarray encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError` unless
+    ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
+
+    >>> import neuroxr
+    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
+    >>> neuroxr.to_netcdf(ds, "21067-10-18.nc")  # doctest: +SKIP
+    >>> xr.open_dataset("21067-10-18.nc")  # plain xarray reads it  # doctest: +SKIP
+    """
+    refuse_to_overwrite_source(_encoding.sources(obj), path)
+    compression_keys = compression_encoding(compression, engine)
+    prepared, nodes = _encoding.prepare(obj)
+    encodings = {group: _variable_encodings(ds, compression_keys) for group, ds in nodes.items()}
+
+    def write(temporary: Path) -> None:
+        if isinstance(prepared, xr.DataTree):
+            prepared.to_netcdf(temporary, engine=engine, format="NETCDF4", encoding=encodings)
+        else:
+            prepared.to_netcdf(temporary, engine=engine, format="NETCDF4", encoding=encodings["/"])
+        _record_string_dtypes(temporary, nodes)
+
+    needed = _encoding.uncompressed_bytes(nodes) if not compression_keys else None
+    return _encoding.write_atomically(path, write, overwrite=overwrite, progress=progress, needed_bytes=needed)
+
+
+def _has_groups(path: str | os.PathLike[str]) -> bool:
+    import netCDF4
+
+    with netCDF4.Dataset(path) as root:
+        return bool(root.groups)
+
+
+def _finish(ds: xr.Dataset, dtypes: Mapping[str, str]) -> xr.Dataset:
+    from neuroxr.dataset import load_labels
+
+    return load_labels(_encoding.restore_string_dtypes(ds, dtypes))
+
+
+def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.Dataset | xr.DataTree:
+    """Open a file written by :func:`to_netcdf`: a Dataset, or a DataTree when the file has groups.
+
+    Data variables are dask arrays chunked like the file; labels and statistics are loaded as numpy;
+    string variables get back their exact numpy dtypes.
+
+    >>> ds = open_netcdf("21067-10-18.nc")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such NetCDF file")
+    dtypes = _recorded_string_dtypes(path)
+    if _has_groups(path):
+        tree = xr.open_datatree(path, engine=engine, chunks={})
+        nodes = {node.path: _finish(node.to_dataset(inherit=False), dtypes.get(node.path, {})) for node in tree.subtree}
+        return xr.DataTree.from_dict(nodes, name=tree.name)
+    ds = xr.open_dataset(path, engine=engine, chunks={})
+    return _finish(ds, dtypes.get("/", {}))

@@ -1,0 +1,163 @@
+"""Zarr sink and reader: a scan (Dataset) or several (DataTree, one group per scan) to a Zarr v3 store.
+
+The store has consolidated metadata and one Zarr chunk per dask chunk (whole trial blocks), so dask
+writes every chunk in parallel with no lock. Plain ``xr.open_zarr`` / ``xr.open_datatree(engine="zarr")``
+read it back identical to the source, dtypes included: strings are stored with their numpy width
+(zarr-python's ``fixed_length_utf32`` data type), booleans as booleans, uint16 as uint16.
+
+Two warnings zarr-python emits for this on purpose are silenced, each by its exact message, only
+around the write: that ``fixed_length_utf32`` has no Zarr v3 specification yet (it is the only Zarr
+data type that keeps a ``<U32`` a ``<U32``), and that consolidated metadata is not part of the
+Zarr v3 specification (xarray uses it by default; it makes opening fast on object stores).
+Every other warning passes through.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from neuroxr.formats import _encoding
+from neuroxr.formats._atomic import refuse_to_overwrite_source
+
+#: Default compression: Blosc with LZ4 and byte shuffle. Measured on release-sized data
+#: (docs/convert.md): it halves the store and writes as fast as no compression, because Blosc
+#: is fast and dask compresses chunks in parallel; every Zarr implementation has Blosc.
+DEFAULT_COMPRESSION: str | None = "blosc_lz4"
+
+#: codec -> default level.
+CODECS: dict[str, int] = {"blosc_lz4": 5, "blosc_zstd": 1, "zstd": 1, "gzip": 1}
+
+CompressionSpec = str | Mapping[str, Any] | Sequence[Any] | None
+
+
+def compressors(compression: CompressionSpec) -> tuple[Any, ...] | dict[str, Any]:
+    """The Zarr v3 compressors of a compression spec (or raw encoding keys, for a mapping).
+
+    ``compression`` is None/"none", ``"codec[:level]"`` (blosc_lz4, blosc_zstd, zstd, gzip), a
+    sequence of zarr codec objects, or a mapping of xarray zarr encoding keys used as they are.
+
+    >>> compressors("zstd:3")
+    (ZstdCodec(level=3, checksum=False),)
+    """
+    from zarr.codecs import BloscCodec, BloscShuffle, GzipCodec, ZstdCodec
+
+    if isinstance(compression, Mapping):
+        return dict(compression)
+    if isinstance(compression, Sequence) and not isinstance(compression, str):
+        return tuple(compression)
+    parsed = _encoding.parse_compression(compression, CODECS, "Zarr")
+    if parsed.codec is None:
+        return ()
+    if parsed.codec.startswith("blosc_"):
+        cname = parsed.codec.removeprefix("blosc_")
+        return (BloscCodec(cname=cname, clevel=parsed.level, shuffle=BloscShuffle.shuffle),)
+    if parsed.codec == "zstd":
+        return (ZstdCodec(level=parsed.level),)
+    return (GzipCodec(level=parsed.level),)
+
+
+def _variable_encodings(ds: xr.Dataset, codecs: tuple[Any, ...] | dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Zarr chunks = the dask chunks (so no two dask chunks share a Zarr chunk); codecs on data variables."""
+    extra = codecs if isinstance(codecs, dict) else {"compressors": codecs}
+    encodings: dict[str, dict[str, Any]] = {}
+    for name, variable in ds.variables.items():
+        encoding: dict[str, Any] = {}
+        shape = _encoding.chunk_shape(variable)
+        if shape is not None:
+            encoding["chunks"] = shape
+        if name in ds.data_vars and variable.dtype.kind not in "USO":
+            encoding.update(extra)
+        if encoding:
+            encodings[str(name)] = encoding
+    return encodings
+
+
+@contextmanager
+def _expected_zarr_warnings_silenced() -> Iterator[None]:
+    """Silence exactly the two warnings the module docstring explains; nothing else."""
+    from zarr.errors import UnstableSpecificationWarning, ZarrUserWarning
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"The data type \(FixedLengthUTF32", category=UnstableSpecificationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", message="Consolidated metadata is currently not part in the Zarr format 3", category=ZarrUserWarning
+        )
+        yield
+
+
+def to_zarr(
+    obj: xr.Dataset | xr.DataTree,
+    path: str | os.PathLike[str],
+    *,
+    compression: CompressionSpec = DEFAULT_COMPRESSION,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a scan (Dataset) or several scans (DataTree, one group each) to a Zarr v3 store, streaming.
+
+    Dask chunks are written in parallel, one Zarr chunk each (the scan is never loaded); the store
+    appears at ``path`` only once complete, with consolidated metadata. ``compression``:
+    ``"blosc_lz4[:level]"`` (default, see docs/convert.md), ``"blosc_zstd[:level]"``,
+    ``"zstd[:level]"``, ``"gzip[:level]"``, None, a sequence of zarr codecs, or a mapping of
+    xarray zarr encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError`
+    unless ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
+
+    >>> import neuroxr
+    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
+    >>> neuroxr.to_zarr(ds, "21067-10-18.zarr")  # doctest: +SKIP
+    >>> xr.open_zarr("21067-10-18.zarr")  # plain xarray reads it  # doctest: +SKIP
+    """
+    try:
+        import zarr  # noqa: F401
+    except ImportError as error:  # pragma: no cover - depends on the installation
+        raise ImportError("writing Zarr needs the zarr package: pip install 'neuroxr[zarr]'") from error
+    refuse_to_overwrite_source(_encoding.sources(obj), path)
+    codecs = compressors(compression)
+    prepared, nodes = _encoding.prepare(obj)
+    encodings = {group: _variable_encodings(ds, codecs) for group, ds in nodes.items()}
+
+    def write(temporary: Path) -> None:
+        with _expected_zarr_warnings_silenced():
+            if isinstance(prepared, xr.DataTree):
+                prepared.to_zarr(temporary, mode="w-", encoding=encodings, consolidated=True, zarr_format=3)
+            else:
+                prepared.to_zarr(temporary, mode="w-", encoding=encodings["/"], consolidated=True, zarr_format=3)
+
+    needed = _encoding.uncompressed_bytes(nodes) if not codecs else None
+    return _encoding.write_atomically(path, write, overwrite=overwrite, progress=progress, needed_bytes=needed)
+
+
+def _has_groups(path: str) -> bool:
+    import zarr
+
+    with _expected_zarr_warnings_silenced():
+        group = zarr.open_group(path, mode="r")
+        return any(True for _ in group.group_keys())
+
+
+def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset | xr.DataTree:
+    """Open a store written by :func:`to_zarr`: a Dataset, or a DataTree when the store has groups.
+
+    Data variables are dask arrays chunked like the store; labels and statistics are loaded as numpy.
+
+    >>> ds = open_zarr("21067-10-18.zarr")  # doctest: +SKIP
+    """
+    from neuroxr.dataset import load_labels
+
+    path = os.fspath(path)
+    if not Path(path).is_dir():
+        raise FileNotFoundError(f"{path}: no such Zarr store (expected a folder)")
+    if _has_groups(path):
+        tree = xr.open_datatree(path, engine="zarr", chunks={}, consolidated=True)
+        nodes = {node.path: load_labels(node.to_dataset(inherit=False)) for node in tree.subtree}
+        return xr.DataTree.from_dict(nodes, name=tree.name)
+    return load_labels(xr.open_dataset(path, engine="zarr", chunks={}, consolidated=True))

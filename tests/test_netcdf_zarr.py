@@ -1,0 +1,399 @@
+"""NetCDF and Zarr export: lossless round trips (plain xarray too), DataTrees, chunking, safety."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+
+import neuroxr
+from neuroxr.errors import TargetExistsError
+from neuroxr.formats import _encoding
+from neuroxr.formats._atomic import TEMP_MARKER
+from neuroxr.formats.netcdf import open_netcdf, to_netcdf
+from neuroxr.formats.zarr import open_zarr, to_zarr
+
+FORMATS = {
+    "netcdf": (to_netcdf, open_netcdf, ".nc", xr.open_dataset),
+    "zarr": (to_zarr, open_zarr, ".zarr", xr.open_zarr),
+}
+
+
+def small_scan(*, n_trials: int = 40, n_neurons: int = 9, competition: bool = False, seed: int = 0) -> xr.Dataset:
+    """A small contract scan in several dask blocks, with the dtype corner cases an exporter must keep.
+
+    Beyond what ``make_scan`` gives (uint16/uint8 neuron coords, a bool coord, hex trial_idx and
+    NaN cells in competition scans): a ``<U32`` coord holding shorter strings, a non-ASCII label,
+    a NaN statistic and a unicode attribute.
+    """
+    ds = neuroxr.make_scan(
+        n_trials=n_trials,
+        n_neurons=n_neurons,
+        image_shape=(1, 6, 8),
+        competition=competition,
+        behavior_withheld=competition,
+        seed=seed,
+        chunk_trials=16,
+    )
+    layer = ds.layer.values.astype("<U12")
+    layer[0] = "L2/3 – ü"
+    stats = ds.responses_statistics.values.copy()
+    stats[1, 2, 0] = np.nan
+    return ds.assign_coords(
+        tier=ds.tier.variable.astype("<U32"),
+        layer=ds.layer.variable.copy(data=layer),
+    ).assign(responses_statistics=ds.responses_statistics.variable.copy(data=stats)).assign_attrs(units_note="µm")
+
+
+def tiny(n_trials: int = 40) -> xr.Dataset:
+    """A two-variable Dataset in blocks of 16 trials, for tests where the scan's content does not matter."""
+    responses = da.random.default_rng(0).random((n_trials, 5), chunks=(16, 5)).astype(np.float32)
+    return xr.Dataset(
+        {"responses": (("trial", "neuron"), responses, {"sensorium_file": "data/responses"})},
+        coords={"trial": np.arange(n_trials), "tier": ("trial", np.full(n_trials, "train", dtype="<U10"))},
+        attrs={"scan": "30001-2-3"},
+    )
+
+
+def assert_same_dtypes(actual: xr.Dataset, expected: xr.Dataset) -> None:
+    assert set(actual.variables) == set(expected.variables)
+    wrong = {name: (actual[name].dtype, v.dtype) for name, v in expected.variables.items() if actual[name].dtype != v.dtype}
+    assert not wrong, f"dtypes differ (read, written): {wrong}"
+
+
+def scan_tree() -> xr.DataTree:
+    """Two scans of different sizes as siblings under an attribute-only root."""
+    return xr.DataTree.from_dict(
+        {
+            "/": xr.Dataset(attrs={"format": "sensorium-2022-static", "scans": "30001-2-3,30002-1-1"}),
+            "/30001-2-3": small_scan(),
+            "/30002-1-1": small_scan(n_trials=25, n_neurons=5, competition=True, seed=1).assign_attrs(scan="30002-1-1"),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# round trips
+
+KINDS = {"normal": {}, "competition": {"competition": True}}
+
+
+@pytest.fixture(scope="module")
+def scans() -> dict[str, xr.Dataset]:
+    return {kind: small_scan(**kwargs) for kind, kwargs in KINDS.items()}
+
+
+@pytest.fixture(scope="module")
+def written(scans: dict[str, xr.Dataset], tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """Each scan written once in each format, with every warning raised as an error."""
+    import warnings
+
+    folder = tmp_path_factory.mktemp("written")
+    paths = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for fmt, (write, _, suffix, _) in FORMATS.items():
+            for kind, ds in scans.items():
+                paths[fmt, kind] = write(ds, folder / f"{kind}{suffix}")
+    return paths
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_round_trip_is_identical_with_exact_dtypes(scans, written, fmt: str, kind: str) -> None:
+    back = FORMATS[fmt][1](written[fmt, kind])
+    expected = scans[kind].compute()
+    xr.testing.assert_identical(back, expected)
+    assert_same_dtypes(back, expected)
+    if kind == "competition":
+        assert back.trial_idx.dtype == np.dtype("<U32")
+        assert back.responses.sel(trial=back.responses_withheld).isnull().all()
+        assert back.attrs["withheld"] == "responses,behavior,pupil_center"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_plain_xarray_reads_it_back(scans, written, fmt: str) -> None:
+    ds = scans["competition"]
+    back = FORMATS[fmt][3](written[fmt, "competition"]).load()
+    xr.testing.assert_identical(back, ds.compute())
+    assert back.responses_withheld.dtype == bool
+    assert back.neuron.dtype == np.uint16 and back.session.dtype == np.uint8
+    assert back.layer.values[0] == "L2/3 – ü"
+    for name, variable in ds.variables.items():
+        if variable.dtype.kind == "U" and fmt == "netcdf":
+            # netCDF-4 strings have no width: plain xarray sizes them to the longest value.
+            assert back[name].dtype == np.dtype(f"<U{max(len(s) for s in variable.values.ravel())}")
+        else:
+            assert back[name].dtype == variable.dtype, name
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_datatree_of_two_scans_round_trips(tmp_path: Path, fmt: str) -> None:
+    write, read, suffix, _ = FORMATS[fmt]
+    tree = scan_tree()
+    target = write(tree, tmp_path / f"scans{suffix}")
+    back = read(target)
+    assert isinstance(back, xr.DataTree)
+    xr.testing.assert_identical(back, tree.compute())
+    for path in ("/30001-2-3", "/30002-1-1"):
+        assert_same_dtypes(back[path].to_dataset(), tree[path].to_dataset())
+    assert back["30002-1-1"].sizes["trial"] == 25
+    plain = xr.open_datatree(target, engine="netcdf4" if fmt == "netcdf" else "zarr").load()
+    xr.testing.assert_identical(plain, tree.compute())
+
+
+def test_netcdf4_library_sees_variables_dimensions_attributes_and_chunks(written) -> None:
+    import netCDF4
+
+    with netCDF4.Dataset(written["netcdf", "normal"]) as nc:
+        assert nc.data_model == "NETCDF4"
+        assert {"images", "responses", "behavior", "pupil_center", "responses_statistics", "tier"} <= set(nc.variables)
+        assert nc.dimensions["trial"].size == 40 and nc.dimensions["neuron"].size == 9
+        assert nc.variables["images"].dimensions == ("trial", "channel", "y", "x")
+        assert nc.variables["images"].chunking() == [16, 1, 6, 8]
+        assert nc.variables["responses"].chunking() == [16, 9]
+        assert nc.variables["neuron"].dtype == np.uint16
+        assert nc.variables["tier"].dtype is str
+        assert nc.getncattr("scan") == "30001-2-3" and nc.getncattr("withheld") == ""
+        assert nc.variables["responses"].getncattr("sensorium_file") == "data/responses"
+        assert nc.variables["responses_withheld"].getncattr("dtype") == "bool"
+        assert "tier=<U32" in nc.enumtypes["neuroxr_string_dtypes"].enum_dict
+
+
+def test_open_gives_lazy_data_chunked_like_the_file_and_labels_in_memory(written) -> None:
+    for fmt, (_, read, _, _) in FORMATS.items():
+        back = read(written[fmt, "normal"])
+        assert isinstance(back.images.data, da.Array)
+        assert back.images.chunks[0] == (16, 16, 8)
+        assert back.chunks["trial"] == (16, 16, 8)
+        assert isinstance(back.tier.data, np.ndarray) and isinstance(back.responses_statistics.data, np.ndarray)
+
+
+def test_zarr_chunks_match_dask_chunks_and_no_warning_escapes(written) -> None:
+    import json
+    import warnings
+
+    path = written["zarr", "normal"]  # written with warnings as errors
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        open_zarr(path)
+    meta = json.loads((path / "images" / "zarr.json").read_text())
+    assert meta["chunk_grid"]["configuration"]["chunk_shape"] == [16, 1, 6, 8]
+    tier = json.loads((path / "tier" / "zarr.json").read_text())
+    assert tier["data_type"] == {"name": "fixed_length_utf32", "configuration": {"length_bytes": 128}}
+    assert (path / "zarr.json").is_file() and "consolidated_metadata" in (path / "zarr.json").read_text()
+
+
+def test_irregular_chunks_are_regularised(tmp_path: Path) -> None:
+    ds = tiny().chunk({"trial": (5, 15, 15, 5)})
+    for write, read, suffix, _ in FORMATS.values():
+        back = read(write(ds, tmp_path / f"scan{suffix}"))
+        assert back.responses.chunks[0] == (15, 15, 10)
+        xr.testing.assert_identical(back, ds.compute())
+
+
+def test_each_block_is_computed_once(tmp_path: Path) -> None:
+    """The writer streams the dask graph: no block is loaded to prepare or check the Dataset."""
+    calls: list[int] = []
+
+    def block(x: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        calls.append(block_info[None]["chunk-location"][0] if block_info else -1)
+        return x.astype(np.float32)
+
+    values = da.arange(40 * 3, chunks=(16 * 3,)).reshape(40, 3).rechunk((16, 3)).map_blocks(block, dtype=np.float32)
+    ds = xr.Dataset({"behavior": (("trial", "behavior_variable"), values)}, coords={"trial": np.arange(40)})
+    for write, _, suffix, _ in FORMATS.values():
+        calls.clear()
+        write(ds, tmp_path / f"b{suffix}")
+        assert sorted(calls) == [0, 1, 2]
+
+
+def test_stale_encodings_from_a_read_file_are_dropped(tmp_path: Path) -> None:
+    first = to_netcdf(tiny(), tmp_path / "first.nc")
+    subset = open_netcdf(first).isel(trial=slice(0, 10), neuron=slice(0, 4))
+    assert subset.responses.encoding["chunksizes"][0] == 16  # larger than the new trial dimension
+    for write, read, suffix, _ in FORMATS.values():
+        back = read(write(subset, tmp_path / f"second{suffix}"))
+        xr.testing.assert_identical(back, subset.compute())
+
+
+# ----------------------------------------------------------------------------------------------
+# compression and attributes
+
+
+def test_compression_option(tmp_path: Path) -> None:
+    import json
+
+    ds = tiny(64)
+    plain = to_netcdf(ds, tmp_path / "none.nc", compression=None)
+    zlib = to_netcdf(ds, tmp_path / "zlib.nc", compression="zlib:4")
+    assert zlib.stat().st_size < plain.stat().st_size
+    xr.testing.assert_identical(open_netcdf(zlib), ds.compute())
+    store = to_zarr(ds, tmp_path / "zstd.zarr", compression="zstd:3")
+    codecs = json.loads((store / "responses" / "zarr.json").read_text())["codecs"]
+    assert {"name": "zstd", "configuration": {"level": 3, "checksum": False}} in codecs
+    with pytest.raises(ValueError, match="expected one of none, zlib, zstd"):
+        to_netcdf(ds, tmp_path / "bad.nc", compression="lzma")
+    assert not (tmp_path / "bad.nc").exists()
+
+
+def test_attributes_are_normalised_to_storable_values(tmp_path: Path) -> None:
+    ds = tiny().assign_attrs(flag=True, nested={"a": [1, 2]}, nothing=None, pair=(1, 2), names=["a", "b"])
+    back = open_netcdf(to_netcdf(ds, tmp_path / "scan.nc"))
+    assert back.attrs["flag"] == 1 and back.attrs["nested"] == '{"a": [1, 2]}'
+    assert "nothing" not in back.attrs and list(back.attrs["pair"]) == [1, 2] and list(back.attrs["names"]) == ["a", "b"]
+    assert ds.attrs["flag"] is True  # the source is not modified
+
+
+def test_multiindex_is_refused_with_advice(tmp_path: Path) -> None:
+    ds = tiny().assign_coords(image_id=("trial", np.arange(40))).set_index(trial=["image_id", "tier"])
+    with pytest.raises(ValueError, match=r"reset_index\('trial'\)"):
+        to_netcdf(ds, tmp_path / "scan.nc")
+
+
+def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    to_zarr(tiny(), tmp_path / "scan.zarr", progress=True)
+    assert "100%" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# safety
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if TEMP_MARKER in p.name)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_existing_target_is_refused_unless_overwrite(tmp_path: Path, fmt: str) -> None:
+    write, read, suffix, _ = FORMATS[fmt]
+    target = write(tiny(20), tmp_path / f"scan{suffix}")
+    with pytest.raises(TargetExistsError, match="overwrite=True"):
+        write(tiny(30), target)
+    assert read(target).sizes["trial"] == 20
+    write(tiny(30), target, overwrite=True)
+    assert read(target).sizes["trial"] == 30
+    assert _leftovers(tmp_path) == []
+
+
+def test_refuses_to_write_over_its_own_source(tmp_path: Path) -> None:
+    path = to_netcdf(tiny(), tmp_path / "scan.nc")
+    opened = open_netcdf(path)
+    with pytest.raises(ValueError, match="refusing to write over the data being exported"):
+        to_netcdf(opened, path, overwrite=True)
+    xr.testing.assert_identical(open_netcdf(path), tiny().compute())
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_failure_in_a_dask_task_leaves_nothing(tmp_path: Path, fmt: str) -> None:
+    write, _, suffix, _ = FORMATS[fmt]
+    ds = tiny()
+
+    def fail_first_block_while_others_write(x: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        if block_info and block_info[None]["chunk-location"][0] == 0:
+            raise RuntimeError("disk read failed in block 0")
+        time.sleep(0.2)  # still writing when block 0 fails: the cleanup must wait for them
+        return x
+
+    failing = ds.responses.data.map_blocks(fail_first_block_while_others_write, dtype=np.float32)
+    broken = ds.assign(responses=ds.responses.copy(data=failing))
+    with pytest.raises(RuntimeError, match="block 0"):
+        write(broken, tmp_path / f"scan{suffix}")
+    assert not (tmp_path / f"scan{suffix}").exists()
+    assert _leftovers(tmp_path) == []
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+import dask, numpy as np, dask.array as da, xarray as xr
+if sys.argv[1].endswith(".nc"):
+    from neuroxr.formats.netcdf import to_netcdf as write
+else:
+    from neuroxr.formats.zarr import to_zarr as write
+
+marker = Path(sys.argv[2])
+blocks_done = []
+
+def slow(x):
+    # One thread: the first block is computed and written, the second signals and hangs.
+    if blocks_done:
+        marker.write_text("one block written")
+        time.sleep(60)
+    blocks_done.append(1)
+    return x
+
+values = da.zeros((40, 3), chunks=(10, 3), dtype=np.float32).map_blocks(slow, dtype=np.float32)
+ds = xr.Dataset({"behavior": (("trial", "behavior_variable"), values)})
+with dask.config.set(scheduler="synchronous"):
+    write(ds, sys.argv[1])
+"""
+
+
+def test_killed_export_leaves_no_complete_looking_file(tmp_path: Path) -> None:
+    """SIGKILL two writers (NetCDF and Zarr) once a first block is written."""
+    script = tmp_path / "writer.py"
+    script.write_text(textwrap.dedent(KILLED_WRITER))
+    env = {**os.environ, "PYTHONPATH": str(Path(neuroxr.__file__).parent.parent)}
+    runs = {
+        suffix: (tmp_path / f"scan{suffix}", tmp_path / f"marker{suffix}")
+        for suffix in (".nc", ".zarr")
+    }
+    processes = {
+        suffix: subprocess.Popen([sys.executable, str(script), str(target), str(marker)], env=env)
+        for suffix, (target, marker) in runs.items()
+    }
+    try:
+        deadline = time.monotonic() + 60
+        for suffix, (target, marker) in runs.items():
+            while not marker.exists() and processes[suffix].poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert marker.exists(), f"the {suffix} writer never started writing"
+            processes[suffix].send_signal(signal.SIGKILL)
+            processes[suffix].wait(timeout=30)
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.kill()
+    for target, _ in runs.values():
+        assert not target.exists()
+        assert any(name.startswith(f".{target.name}{TEMP_MARKER}") for name in _leftovers(tmp_path))
+
+
+def test_full_disk_is_reported_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_encoding.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    with pytest.raises(OSError, match="not enough space") as caught:
+        to_netcdf(tiny(), tmp_path / "scan.nc")
+    assert caught.value.errno == errno.ENOSPC and "scan.nc" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_error_on_a_full_device_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    error = _encoding.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
+    assert not isinstance(error, OSError)
+    assert any("scan.nc" in note for note in error.__notes__)
+    monkeypatch.setattr(_encoding.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    full = _encoding.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
+    assert isinstance(full, OSError) and full.errno == errno.ENOSPC and "no space left" in str(full)
+
+
+def test_missing_target_folder_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        to_zarr(tiny(), tmp_path / "absent" / "scan.zarr")
+
+
+def test_normalise_attr() -> None:
+    assert _encoding.normalise_attr(np.bool_(False)) == 0
+    assert _encoding.normalise_attr(np.array([1.5, 2.5])) == [1.5, 2.5]
+    assert _encoding.normalise_attr(["a", 1]) == '["a", 1]'
+    assert _encoding.normalise_attr(None) is None
