@@ -55,13 +55,13 @@ class TrialReader:
         expected = self.header.raw
         header_buffer = bytearray(len(expected))
         header_view = memoryview(header_buffer)
-        wanted = self.header.file_bytes
-        for row, number in enumerate(trials):
-            number = int(number)
+        wanted, size = self.header.file_bytes, self.header.payload_bytes
+        payloads = memoryview(out).cast("B") if out.size else memoryview(b"")
+        readinto = self.series.readinto
+        for row, number in enumerate(trials.tolist()):
             if self.fast:
-                payload = memoryview(out[row : row + 1]).cast("B")
                 try:
-                    got = self.series.readinto(number, [header_view, payload])
+                    got = readinto(number, [header_view, payloads[row * size : (row + 1) * size]])
                 except FileNotFoundError as error:
                     raise ScanError(self.series.label(number), "missing (was the scan changed after opening?)") from error
                 if got == wanted and header_buffer == expected:

@@ -97,12 +97,13 @@ class FolderSeries:
     def __init__(self, directory: str, suffix: str) -> None:
         self.directory = directory
         self.suffix = suffix
+        self._prefix = os.path.join(directory, "")
 
     def label(self, number: int) -> str:
-        return os.path.join(self.directory, f"{number}{self.suffix}")
+        return f"{self._prefix}{number}{self.suffix}"
 
     def readinto(self, number: int, buffers: list[memoryview]) -> int:
-        fd = os.open(self.label(number), os.O_RDONLY)
+        fd = os.open(f"{self._prefix}{number}{self.suffix}", os.O_RDONLY)
         try:
             return os.preadv(fd, buffers, 0)
         finally:
