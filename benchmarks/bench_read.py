@@ -8,7 +8,9 @@ in the same run and with a warm page cache (median of --repeats):
   * open: ``neuroxr.open_scan`` of the folder and of each zip;
   * load: responses and images read whole by neuroxr (folder, stored zip, deflated zip), by the loop
     ``np.stack([np.load(f) for f in files])`` a user would write, and by ``open(f).read()`` of every
-    file (raw byte reads: what the disk and the kernel allow).
+    file (raw byte reads: what the disk and the kernel allow). neuroxr is timed twice: "into memory"
+    (``ds[v].compute()``: one new array, so it adds page faults and dask's final concatenation) and
+    "streamed" (every block read and dropped, as a reduction or an export consumes them).
 Ratios are printed against the baselines measured in the same run; absolute times drift on a shared
 machine, ratios hold.
 """
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import dask.array
 import numpy as np
 
 import neuroxr
@@ -53,6 +56,17 @@ def raw_read(files: list[Path]) -> int:
 
 def np_load_loop(files: list[Path]) -> np.ndarray:
     return np.stack([np.load(file) for file in files])
+
+
+class Discard:
+    """A ``da.store`` target that drops what it is given: streams every block, keeps nothing."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        pass
+
+
+def stream(array: dask.array.Array) -> None:
+    dask.array.store(array, Discard(), lock=False)
 
 
 def main() -> None:
@@ -89,7 +103,12 @@ def main() -> None:
             measured = {"raw byte reads (limit)": raw, "np.stack(np.load) loop": loop}
             for name, path in sources.items():
                 dataset = neuroxr.open_scan(path)
-                measured[f"neuroxr, {name}"] = median_time(lambda d=dataset, v=variable: d[v].compute(), args.repeats)
+                measured[f"neuroxr, {name}, into memory"] = median_time(
+                    lambda d=dataset, v=variable: d[v].compute(), args.repeats
+                )
+                measured[f"neuroxr, {name}, streamed"] = median_time(
+                    lambda d=dataset, v=variable: stream(d[v].data), args.repeats
+                )
             for method, seconds in measured.items():
                 print(
                     f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | "
