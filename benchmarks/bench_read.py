@@ -10,7 +10,8 @@ in the same run and with a warm page cache (median of --repeats):
     ``np.stack([np.load(f) for f in files])`` a user would write, and by ``open(f).read()`` of every
     file (raw byte reads: what the disk and the kernel allow). neuroxr is timed twice: "into memory"
     (``ds[v].compute()``: one new array, so it adds page faults and dask's final concatenation) and
-    "streamed" (every block read and dropped, as a reduction or an export consumes them).
+    "streamed" (every block read and dropped, as a reduction or an export consumes them), plus a
+    load through the plain lazy backend (``xr.open_dataset(..., engine="sensorium")``, no dask).
 Ratios are printed against the baselines measured in the same run; absolute times drift on a shared
 machine, ratios hold.
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import dask.array
 import numpy as np
+import xarray as xr
 
 import neuroxr
 from neuroxr.formats.folder import to_folder
@@ -109,6 +111,10 @@ def main() -> None:
                 measured[f"neuroxr, {name}, streamed"] = median_time(
                     lambda d=dataset, v=variable: stream(d[v].data), args.repeats
                 )
+            lazy = xr.open_dataset(sources["folder"], engine="sensorium", cache=False)  # no dask: one read, one array
+            measured["neuroxr, folder, into memory without dask"] = median_time(
+                lambda d=lazy, v=variable: d[v].variable.to_numpy(), args.repeats
+            )
             for method, seconds in measured.items():
                 print(
                     f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | "
