@@ -112,6 +112,6 @@ def competition_folder(tmp_path: Path) -> Path:
 def cluster_client():
     """A real dask.distributed LocalCluster with two worker processes, shared by the session."""
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        with distributed.Client(cluster) as client:
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        with distributed.Client(cluster, set_as_default=False) as client:  # other tests keep their scheduler
             yield client

@@ -1,0 +1,165 @@
+"""NWB export and import of scans: ``to_nwb`` writes one NWB 2 (HDF5) file per scan, ``open_nwb`` reads it back.
+
+The files use the core NWB types tools understand (PlaneSegmentation, RoiResponseSeries, Images +
+IndexSeries, PupilTracking, BehavioralTimeSeries, EyeTracking, the trials table); what NWB has no
+place for is kept in a JSON layout document in ``/scratch``, so that ``open_nwb`` returns a Dataset
+identical to the one written. The mapping and its reasons are in ``docs/nwb.md``; the writer is
+``nwb_write``, the reader ``nwb_read``. A DataTree of scans becomes a folder of files, one per scan.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import xarray as xr
+
+from neuroxr.formats._atomic import atomic_target, refuse_to_overwrite_source
+
+#: The JSON document that maps the file back onto the Dataset: /scratch/<LAYOUT_NAME>.
+LAYOUT_NAME = "neuroxr_layout"
+LAYOUT_FORMAT = "neuroxr-nwb"
+LAYOUT_VERSION = 1
+NWB_SUFFIX = ".nwb"
+
+#: Names and HDF5 paths of the objects the writer creates (the reader follows the layout document).
+PLANE_SEGMENTATION = "PlaneSegmentation"
+ROIS_PATH = f"processing/ophys/ImageSegmentation/{PLANE_SEGMENTATION}"
+RESPONSES = "Deconvolved"
+RESPONSES_PATH = f"processing/ophys/Fluorescence/{RESPONSES}"
+TRIALS_PATH = "intervals/trials"
+IMAGES = "StimulusImages"
+IMAGES_PATH = f"stimulus/templates/{IMAGES}"
+PRESENTATION = "StimulusPresentation"
+PRESENTATION_PATH = f"stimulus/presentation/{PRESENTATION}"
+BEHAVIOR_PATH = "processing/behavior"
+
+
+def _sources(data: xr.Dataset | xr.DataTree) -> list[str]:
+    from neuroxr.formats._encoding import sources
+
+    return sources(data)
+
+
+def to_nwb(
+    data: xr.Dataset | xr.DataTree,
+    path: str | os.PathLike[str],
+    *,
+    subject: Mapping[str, Any] | Any = None,
+    session: Mapping[str, Any] | None = None,
+    imaging: Mapping[str, Any] | None = None,
+    stimulus_duration: float = 0.5,
+    trial_period: float = 1.0,
+    compression: str | None = None,
+    compression_level: int | None = 1,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a scan to one NWB file, or a DataTree of scans to a folder of ``<scan>.nwb`` files.
+
+    ``subject`` holds ``pynwb.file.Subject`` fields (or is a Subject); the defaults say what the
+    release knows (``subject_id`` from ``animal_id``, ``species="Mus musculus"``) and mark the rest
+    unknown (``sex="U"``, ``age="P0D/"``). ``session`` holds NWBFile fields (``session_start_time``,
+    ``identifier``, ``experimenter``, ``institution``, ...); ``imaging`` the microscope fields
+    (``indicator``, ``excitation_lambda``, ``emission_lambda`` in nm, ``location``,
+    ``device_description``). Trial times come from ``frame_trial_ts``; without it trial k starts at
+    ``k * trial_period`` s. Trials last ``stimulus_duration`` s in the trials table. ``compression``
+    is ``"gzip"`` (level ``compression_level``), ``"lzf"`` or None. The file is written under a
+    temporary name and renamed at the end; an existing target needs ``overwrite=True``.
+
+    >>> import neuroxr
+    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
+    >>> neuroxr.to_nwb(ds, "21067-10-18.nwb", subject={"age": "P12W/P16W"}, progress=True)  # doctest: +SKIP
+    PosixPath('21067-10-18.nwb')
+    """
+    from neuroxr.formats.nwb_write import ExportOptions, write_scan
+
+    options = ExportOptions(
+        subject=subject,
+        session=session,
+        imaging=imaging,
+        stimulus_duration=stimulus_duration,
+        trial_period=trial_period,
+        compression=compression,
+        compression_level=compression_level,
+        progress=progress,
+    )
+    target = Path(path)
+    refuse_to_overwrite_source(_sources(data), target)
+    if isinstance(data, xr.DataTree):
+        scans = _tree_scans(data)
+        root_attrs = {str(key): value for key, value in data.attrs.items()}
+        with atomic_target(target, overwrite=overwrite) as temporary:
+            temporary.mkdir()
+            for name, ds in scans.items():
+                options.tree = {"name": name, "root_attrs": _plain(root_attrs)}
+                write_scan(ds, temporary / f"{name}{NWB_SUFFIX}", options)
+        return target
+    if not isinstance(data, xr.Dataset):
+        raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")
+    with atomic_target(target, overwrite=overwrite) as temporary:
+        write_scan(data, temporary, options)
+    return target
+
+
+def _plain(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    from neuroxr.formats.nwb_write import _json_attrs
+
+    return _json_attrs(attrs)
+
+
+def _tree_scans(tree: xr.DataTree) -> dict[str, xr.Dataset]:
+    """The scans of a tree: its children, each a Dataset; the root may hold attributes only."""
+    if tree.to_dataset(inherit=False).variables:
+        raise ValueError("to_nwb: expected a DataTree whose root holds attributes only (one NWB file per scan)")
+    scans: dict[str, xr.Dataset] = {}
+    for node in tree.subtree:
+        if node is tree:
+            continue
+        if node.parent is not tree:
+            if node.to_dataset(inherit=False).variables:
+                raise ValueError(f"to_nwb: expected scans as children of the root, found data at {node.path}")
+            continue
+        scans[str(node.name)] = node.to_dataset(inherit=False)
+    if not scans:
+        raise ValueError("to_nwb: the DataTree holds no scan")
+    return scans
+
+
+def open_nwb(
+    path: str | os.PathLike[str], *, chunks: int | Mapping[str, int] | None = None
+) -> xr.Dataset | xr.DataTree:
+    """Open an NWB file written by :func:`to_nwb` as the lazy Dataset it was written from.
+
+    A folder of such files opens as a DataTree, one child per scan. Data variables are dask arrays
+    whose tasks open the file by path (the graph pickles, so it runs on ``dask.distributed``);
+    ``chunks`` is the number of trials per chunk (default: about 64 MB of the largest variable).
+
+    >>> ds = neuroxr.open_nwb("21067-10-18.nwb")  # doctest: +SKIP
+    >>> tree = neuroxr.open_nwb("sensorium-nwb/")  # doctest: +SKIP
+    """
+    from neuroxr.formats.nwb_read import open_nwb_file
+
+    target = Path(path)
+    if target.is_dir():
+        files = sorted(
+            child for child in target.iterdir() if child.suffix == NWB_SUFFIX and not child.name.startswith(".")
+        )
+        if not files:
+            raise FileNotFoundError(f"{target}: expected a folder of .nwb files written by neuroxr.to_nwb, found none")
+        nodes: dict[str, xr.Dataset] = {}
+        root_attrs: dict[str, Any] = {}
+        for file in files:
+            ds, layout = open_nwb_file(file, chunks=chunks)
+            tree_info = layout.get("tree") or {}
+            name = str(tree_info.get("name") or file.stem)
+            if name in nodes:
+                raise ValueError(f"{file}: scan {name!r} appears twice in {target}")
+            nodes[name] = ds
+            root_attrs = root_attrs or dict(tree_info.get("root_attrs") or {})
+        children = {f"/{name}": ds for name, ds in nodes.items()}
+        return xr.DataTree.from_dict({"/": xr.Dataset(attrs=root_attrs), **children})
+    ds, _ = open_nwb_file(target, chunks=chunks)
+    return ds

@@ -1,0 +1,291 @@
+"""NWB reading: a file written by ``to_nwb`` back into the identical, lazy Dataset.
+
+The reader follows the layout document the writer left in ``/scratch/neuroxr_layout`` (where each
+variable lives, its dtype, dims and attributes) and reads with h5py alone, which is much faster
+than building pynwb's object tree. Labels, coordinates and statistics are read at once; per-trial
+data variables become dask arrays over small picklable wrappers that hold the file's path (never an
+open handle) and open it inside each task, so the graph pickles and runs on ``dask.distributed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from neuroxr.errors import ScanError
+from neuroxr.formats import nwb as names
+
+#: Default dask chunk: about this many bytes of the largest per-trial variable.
+CHUNK_BYTES = 64 * 2**20
+#: Chunks are a multiple of the responses' file chunk (512 trials) when they are at least that long.
+FILE_CHUNK_ROWS = 512
+
+
+def _read_rows(dataset: Any, rows: np.ndarray) -> np.ndarray:
+    """Rows ``rows`` (any order) of an h5py dataset: one slice if they are dense, else a sorted selection."""
+    if len(rows) == 0:
+        return np.asarray(dataset[0:0])
+    low, high = int(rows.min()), int(rows.max()) + 1
+    if high - low == len(rows) and np.all(np.diff(rows) == 1):
+        return np.asarray(dataset[low:high])
+    if high - low <= 4 * len(rows):
+        return np.asarray(dataset[low:high])[rows - low]
+    unique, inverse = np.unique(rows, return_inverse=True)
+    return np.asarray(dataset[unique])[inverse]
+
+
+def _as_text(dataset: Any, dtype: np.dtype) -> Any:
+    """The dataset decoded to str when the Dataset variable is a string one."""
+    return dataset.asstr() if dtype.kind == "U" and dataset.dtype.kind in "OS" else dataset
+
+
+class _Rows:
+    """Base of the picklable lazy arrays: shape, dtype, and reading a selection by path."""
+
+    def __init__(self, path: str, shape: Sequence[int], dtype: np.dtype) -> None:
+        self.path = str(path)
+        self.shape = tuple(int(size) for size in shape)
+        self.dtype = np.dtype(dtype)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        import h5py
+
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (self.ndim - len(key))
+        positions = np.arange(self.shape[0])[key[0]]
+        scalar = np.ndim(positions) == 0
+        positions = np.atleast_1d(positions).astype(np.int64)
+        with h5py.File(self.path, "r") as file:
+            data = self._read(file, positions)
+        if any(part != slice(None) for part in key[1:]):
+            data = data[(slice(None), *key[1:])]
+        return data[0] if scalar else data
+
+    def _read(self, file: Any, rows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class StoredRows(_Rows):
+    """A per-trial array held by one HDF5 dataset, or by several side by side (one per column), in stored row order.
+
+    >>> path = "processing/ophys/Fluorescence/Deconvolved/data"
+    >>> array = StoredRows("scan.nwb", [path], (7000, 8000), np.float32)  # doctest: +SKIP
+    >>> array[:10].shape  # doctest: +SKIP
+    (10, 8000)
+    """
+
+    def __init__(self, path: str, datasets: Sequence[str], shape: Sequence[int], dtype: np.dtype) -> None:
+        super().__init__(path, shape, dtype)
+        self.datasets = tuple(datasets)
+
+    def _read(self, file: Any, rows: np.ndarray) -> np.ndarray:
+        parts = [_read_rows(_as_text(file[name], self.dtype), rows) for name in self.datasets]
+        if len(parts) == 1:
+            data = parts[0]
+        else:
+            data = np.concatenate([part.reshape(len(rows), -1) for part in parts], axis=1)
+        return np.asarray(data, dtype=self.dtype).reshape((len(rows), *self.shape[1:]))
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (type(self).__name__, _file_token(self.path), self.datasets, self.shape, self.dtype.str)
+
+
+class StoredImages(_Rows):
+    """The images of the trials (Dataset order), rebuilt from the distinct images an IndexSeries points at."""
+
+    def __init__(
+        self,
+        path: str,
+        images: Sequence[str],
+        image_of_trial: np.ndarray,
+        shape: Sequence[int],
+        dtype: np.dtype,
+        channel_first: bool,
+    ) -> None:
+        super().__init__(path, shape, dtype)
+        self.images = tuple(images)
+        self.image_of_trial = np.asarray(image_of_trial, dtype=np.int64)
+        self.channel_first = channel_first
+
+    def _read(self, file: Any, rows: np.ndarray) -> np.ndarray:
+        import h5py
+
+        needed, which = np.unique(self.image_of_trial[rows], return_inverse=True)
+        stack: np.ndarray | None = None
+        for position, index in enumerate(needed.tolist()):
+            dataset = h5py.h5d.open(file.id, self.images[index].encode())
+            image = np.empty(dataset.shape, dtype=dataset.dtype)
+            if image.size:
+                dataset.read(h5py.h5s.ALL, h5py.h5s.ALL, image)
+            if stack is None:
+                stack = np.empty((len(needed), *image.shape), dtype=image.dtype)
+            elif image.dtype != stack.dtype:
+                stack = stack.astype(np.result_type(stack.dtype, image.dtype))
+            stack[position] = image
+        if stack is None:
+            return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+        if self.channel_first:
+            stack = stack[:, np.newaxis] if stack.ndim == 3 else np.moveaxis(stack, -1, 1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        np.take(stack.astype(self.dtype, copy=False), which.reshape(-1), axis=0, out=out)
+        return out
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (type(self).__name__, _file_token(self.path), len(self.images), self.shape, self.dtype.str,
+                _rows_token(self.image_of_trial))  # fmt: skip
+
+
+def _file_token(path: str) -> tuple[str, int, int]:
+    stat = os.stat(path)
+    return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+
+
+def _rows_token(rows: np.ndarray | None) -> Any:
+    if rows is None:
+        return None
+    import hashlib
+
+    return hashlib.blake2b(np.ascontiguousarray(rows).data, digest_size=16).hexdigest()
+
+
+def _dask(array: _Rows, chunk_rows: int, name: str) -> Any:
+    import dask.array as da
+    from dask.base import tokenize
+
+    chunks = (chunk_rows, *array.shape[1:])
+    return da.from_array(
+        array,
+        chunks=chunks,
+        name=f"nwb-{name}-{tokenize(array, chunks)}",
+        lock=False,
+        asarray=True,
+        meta=np.empty((0,) * array.ndim, dtype=array.dtype),
+    )
+
+
+def _chunk_rows(layout: Mapping[str, Any], chunks: int | Mapping[str, int] | None, n_trials: int) -> int:
+    if isinstance(chunks, Mapping):
+        chunks = chunks.get("trial")
+    if isinstance(chunks, int) and not isinstance(chunks, bool):
+        return max(1, min(chunks, max(1, n_trials)))
+    if chunks is not None:
+        raise ValueError(f"open_nwb: expected chunks as trials per chunk (int) or {{'trial': int}}, found {chunks!r}")
+    per_trial = 1
+    for name in layout["data_vars"]:
+        entry = layout["variables"][name]
+        if entry["dims"][:1] == ["trial"]:
+            size = int(np.prod(entry["shape"][1:], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
+            per_trial = max(per_trial, size)
+    rows = max(1, CHUNK_BYTES // per_trial)
+    if rows >= FILE_CHUNK_ROWS:
+        rows -= rows % FILE_CHUNK_ROWS
+    return int(max(1, min(rows, max(1, n_trials))))
+
+
+def read_layout(file: Any, path: Path) -> dict[str, Any]:
+    """The layout document of an open h5py file, checked."""
+    node = file.get(f"scratch/{names.LAYOUT_NAME}")
+    if node is None:
+        raise ScanError(
+            path, "not written by neuroxr.to_nwb (no /scratch/neuroxr_layout); open it with pynwb.NWBHDF5IO"
+        )
+    raw = node[()]
+    layout = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    if layout.get("format") != names.LAYOUT_FORMAT or int(layout.get("version", 0)) > names.LAYOUT_VERSION:
+        found = f"layout {layout.get('format')!r} version {layout.get('version')}"
+        expected = f"{names.LAYOUT_FORMAT!r} version <= {names.LAYOUT_VERSION}"
+        raise ScanError(path, f"{found}: expected {expected}; upgrade neuroxr")
+    return layout
+
+
+def _eager(file: Any, store: Mapping[str, Any], dtype: np.dtype, rows: np.ndarray | None) -> np.ndarray:
+    data = np.asarray(_as_text(file[store["path"]], dtype)[()])
+    if store.get("trial_rows") and rows is not None:
+        data = data[rows]
+    return data.astype(dtype, copy=False)
+
+
+def _values(store: Mapping[str, Any], dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+    values = store["values"]
+    if dtype.kind == "M":
+        return np.array(values, dtype="datetime64[ns]").astype(dtype).reshape(shape)
+    return np.array(values, dtype=dtype).reshape(shape)
+
+
+def open_nwb_file(
+    path: str | os.PathLike[str], *, chunks: int | Mapping[str, int] | None = None
+) -> tuple[xr.Dataset, dict[str, Any]]:
+    """The Dataset of one file written by ``to_nwb``, and its layout document."""
+    import dask.array as da
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such NWB file")
+    try:
+        file = h5py.File(path, "r")
+    except OSError as error:
+        raise ScanError(path, f"not an HDF5 (NWB) file: {error}") from error
+    with file:
+        layout = read_layout(file, path)
+        entries = layout["variables"]
+        stored_ids = np.asarray(file[f"{names.TRIALS_PATH}/id"][()])
+        if layout["dataset_rows"] == "sorted_ids":
+            rows = np.argsort(stored_ids, kind="stable")
+        else:
+            rows = np.asarray(layout["dataset_rows"], dtype=np.int64)
+        row_map = None if np.array_equal(rows, np.arange(len(rows))) else rows
+        n_trials = len(rows)
+        chunk_rows = _chunk_rows(layout, chunks, n_trials)
+        variables: dict[str, xr.Variable] = {}
+        for name in [*layout["coords"], *layout["data_vars"]]:
+            entry = entries[name]
+            dims, shape, dtype, store = entry["dims"], entry["shape"], np.dtype(entry["dtype"]), entry["store"]
+            kind = store["kind"]
+            lazy = name in layout["data_vars"] and dims[:1] == ["trial"]
+            if kind == "values":
+                data: Any = _values(store, dtype, shape)
+            elif kind == "absent":
+                data = da.full(shape, np.nan, dtype=dtype, chunks=(chunk_rows, *shape[1:]))
+            elif kind == "images":
+                presented = np.asarray(file[store["presentation"]][()], dtype=np.int64)
+                # The names, in the order of order_of_images (dereferencing thousands of references is slow).
+                group = store["order"].rsplit("/", 1)[0]
+                if "names" in store:
+                    image_paths = [f"{group}/{image_name}" for image_name in store["names"]]
+                else:
+                    image_paths = [file[reference].name for reference in file[store["order"]][()]]
+                image_of_trial = presented if row_map is None else presented[row_map]
+                channel_first = store["channel_axis"] == "first"
+                array = StoredImages(str(path), image_paths, image_of_trial, shape, dtype, channel_first)
+                data = _dask(array, chunk_rows, name)
+            elif lazy:
+                datasets = store["paths"] if kind == "columns" else [store["path"]]
+                array = StoredRows(str(path), datasets, shape, dtype)
+                permuted = row_map is not None and store.get("trial_rows")
+                if permuted:
+                    # Read in stored (presentation) order, one task per file chunk, then shuffle rows with
+                    # dask: a full load reads each chunk once, however the two orders differ.
+                    stored_rows = file[datasets[0]].chunks[0] if file[datasets[0]].chunks else chunk_rows
+                    data = _dask(array, stored_rows, name)[row_map].rechunk({0: chunk_rows})
+                else:
+                    data = _dask(array, chunk_rows, name)
+            else:
+                data = _eager(file, store, dtype, row_map)
+            variables[name] = xr.Variable(dims, data, entry["attrs"])
+    coords = {name: variables[name] for name in layout["coords"]}
+    data_vars = {name: variables[name] for name in layout["data_vars"]}
+    ds = xr.Dataset(data_vars, coords, layout["attrs"])
+    ds.encoding["source"] = str(path)
+    return ds, layout

@@ -1,0 +1,1201 @@
+"""NWB writing: one scan (a Dataset of the data model) into one NWB 2 file (HDF5), streamed.
+
+The mapping is in ``docs/nwb.md``. Small things (tables, labels, behaviour, statistics) are built in
+memory; the big ones stream block by block from the dask arrays, the next block computed in a
+background thread while the current one is written:
+
+- responses go through an hdmf ``GenericDataChunkIterator``. Rows are written in presentation order
+  (NWB times must ascend) while a scan's files usually are not; when the orders differ the responses
+  are first spilled in file order to a raw scratch file (in the background, while pynwb builds the
+  file) and read back row by row, so the source is read once and never held whole in memory.
+- images: pynwb writes the structure with a placeholder; then one pass over the image blocks adds
+  each distinct image (per image id, compared byte for byte) with h5py's low-level API and the
+  attributes pynwb would give it, as uint8 where that is exact. pynwb itself spends milliseconds on
+  each of thousands of Image objects.
+
+Everything xarray and NWB cannot say to each other (dtypes, attributes, label coordinates, the
+Dataset's trial order) goes into a JSON document in ``/scratch/neuroxr_layout``; ``nwb_read`` follows
+it back to the identical Dataset. Scratch files sit beside the target and are removed at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from neuroxr import model
+from neuroxr.formats import nwb as names
+
+# ----------------------------------------------------------------------------------------------
+# streaming rows of a dask array
+
+
+def _whole_rows(array: Any) -> Any:
+    """The dask ``array`` with one chunk along every axis but the first."""
+    return array.rechunk({axis: -1 for axis in range(1, array.ndim)}) if array.ndim > 1 else array
+
+
+class BlockStream:
+    """The blocks of a dask array chunked along axis 0, computed in order, ``ahead`` of the reader.
+
+    The next block is computed in a background thread while the caller works on the current one.
+
+    >>> import dask.array as da
+    >>> [int(block.sum()) for _, block in BlockStream(da.arange(10, chunks=4))]
+    [6, 22, 17]
+    """
+
+    def __init__(self, array: Any, *, ahead: int = 1, prepare: Callable[[np.ndarray], Any] | None = None) -> None:
+        self.array = _whole_rows(array)
+        self.bounds = np.cumsum((0, *self.array.chunks[0]))
+        self.ahead = max(0, ahead)
+        self.prepare = prepare  # applied to each block in the background thread too
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def _compute(self, index: int) -> Any:
+        block = np.asarray(self.array.blocks[index].compute())
+        return block if self.prepare is None else self.prepare(block)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb") as pool:
+            pending: list[Future[Any]] = []
+            submitted = 0
+            try:
+                for index in range(len(self)):
+                    while submitted < len(self) and submitted <= index + self.ahead:
+                        pending.append(pool.submit(self._compute, submitted))
+                        submitted += 1
+                    yield int(self.bounds[index]), pending.pop(0).result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+class ForwardRows:
+    """Row ranges of a :class:`BlockStream`, asked for in increasing order (each block read once)."""
+
+    def __init__(self, stream: BlockStream) -> None:
+        self.shape = tuple(int(size) for size in stream.array.shape)
+        self._blocks = iter(stream)
+        self._held: list[tuple[int, np.ndarray]] = []
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        self._held = [(first, block) for first, block in self._held if first + len(block) > start]
+        while not self._held or self._held[-1][0] + len(self._held[-1][1]) < stop:
+            self._held.append(next(self._blocks))
+        if self._held[0][0] > start:
+            raise RuntimeError(f"rows are read forward only: row {start} was already released")
+        parts = [
+            block[max(start - first, 0) : min(stop - first, len(block))]
+            for first, block in self._held
+            if first < stop and first + len(block) > start
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class SpilledRows:
+    """A dask array copied block by block to a raw scratch file, then read back rows in any order."""
+
+    def __init__(self, stream: BlockStream, path: Path, *, on_block: Callable[[], None] | None = None) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(size) for size in stream.array.shape)
+        self.dtype = np.dtype(stream.array.dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = -1
+        try:
+            with open(self.path, "wb") as file:
+                for _, block in stream:
+                    file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+                    if on_block is not None:
+                        on_block()
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (any order) as a new array."""
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        if self.row_bytes == 0:
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for position, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            if os.preadv(self._fd, [flat[position]], row * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: short read of row {row}")
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
+
+
+class BackgroundRows:
+    """A row source built in a background thread (a spill), waited for when rows are first asked for."""
+
+    def __init__(self, make: Callable[[], Any], shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb-spill")
+        self._future = self._pool.submit(make)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return self._future.result().get(rows)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._future.exception() is None:
+            self._future.result().close()
+
+
+@functools.cache
+def _iterator_class() -> type:
+    """The hdmf iterator class, defined on first use (hdmf is a heavy import)."""
+    from hdmf.data_utils import GenericDataChunkIterator
+
+    class RowsIterator(GenericDataChunkIterator):
+        """hdmf iterator over a 2-D (or n-D) array whose rows come from a row source, in ``order``."""
+
+        def __init__(self, source: Any, order: np.ndarray | None, dtype: np.dtype, **kwargs: Any) -> None:
+            self._source = source
+            self._order = order
+            self._shape = source.shape
+            self._dtype_value = np.dtype(dtype)
+            super().__init__(**kwargs)
+
+        def _get_data(self, selection: tuple[slice, ...]) -> np.ndarray:
+            first = selection[0]
+            rows = np.arange(first.start or 0, first.stop)
+            if self._order is not None:
+                rows = self._order[rows]
+            data = self._source.get(rows)
+            return np.ascontiguousarray(data[(slice(None), *selection[1:])], dtype=self._dtype_value)
+
+        def _get_maxshape(self) -> tuple[int, ...]:
+            return self._shape
+
+        def _get_dtype(self) -> np.dtype:
+            return self._dtype_value
+
+    return RowsIterator
+
+
+# ----------------------------------------------------------------------------------------------
+# the time axis
+
+
+_TIMESTAMP = re.compile(r"^\s*Timestamp\(\s*'([^']*)'")
+#: The image pynwb writes in place of the images, which are added (and it removed) after pynwb.
+PLACEHOLDER_IMAGE = "neuroxr_placeholder"
+#: The session start written when a scan has no trial times (a visible placeholder).
+PLACEHOLDER_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def parse_trial_timestamps(values: np.ndarray) -> np.ndarray | None:
+    """``frame_trial_ts`` strings (``"Timestamp('2019-07-03 11:02:17')"``) as naive datetime64, or None.
+
+    Time-zone-aware values are converted to UTC; None when any value does not parse.
+
+    >>> parse_trial_timestamps(np.array(["Timestamp('2019-07-03 11:02:17')"]))
+    array(['2019-07-03T11:02:17.000000000'], dtype='datetime64[ns]')
+    """
+    import pandas as pd
+
+    if values.dtype.kind == "M":
+        return values.astype("datetime64[ns]")
+    if values.dtype.kind not in "UO" or values.size == 0:
+        return None
+    text = [match.group(1) if (match := _TIMESTAMP.match(str(value))) else str(value) for value in values]
+    parsed = pd.to_datetime(pd.Series(text), format="ISO8601", errors="coerce", utc=True)
+    if parsed.isna().any():
+        return None
+    return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """Where each trial sits in time: NWB row k holds Dataset trial ``rows[k]`` at ``start_times[k]`` s."""
+
+    rows: np.ndarray
+    start_times: np.ndarray
+    session_start: datetime
+    source: str  # "frame_trial_ts" or "synthetic"
+    rate: float | None  # set when the times are regular: series then use starting_time + rate
+    description: str
+
+    @property
+    def identity(self) -> bool:
+        return bool(np.array_equal(self.rows, np.arange(len(self.rows))))
+
+
+def _is_regular(times: np.ndarray) -> bool:
+    """The rule of nwbinspector's check_regular_timestamps: one distinct step (to 1 ns), not zero."""
+    if len(times) <= 2:
+        return False
+    steps = np.unique(np.round(np.diff(times), 9))
+    return len(steps) == 1 and steps[0] > 0
+
+
+def trial_time_axis(
+    ds: xr.Dataset, *, session_start: datetime | None = None, trial_period: float = 1.0
+) -> TimeAxis:
+    """The presentation order and trial times of a scan: real ones from ``frame_trial_ts``, else synthetic.
+
+    Rows are sorted by time, ties broken by an integer ``trial_idx`` (the true order) and then the
+    file number. Without parseable times, trials follow an integer ``trial_idx`` (else file order)
+    and trial k starts at ``k * trial_period`` seconds.
+
+    >>> axis = trial_time_axis(xr.Dataset(coords={"trial": [0, 1]}))
+    >>> axis.source, axis.start_times.tolist()
+    ('synthetic', [0.0, 1.0])
+    """
+    n = ds.sizes.get("trial", 0)
+    position = np.arange(n)
+    trial_idx = ds.coords.get("trial_idx")
+    integer_idx = trial_idx is not None and trial_idx.dims == ("trial",) and trial_idx.dtype.kind in "iu"
+    order_key = np.asarray(trial_idx.values, dtype=np.int64) if integer_idx else np.zeros(n, dtype=np.int64)
+    stamps_coord = ds.coords.get("frame_trial_ts")
+    stamps = None
+    if stamps_coord is not None and stamps_coord.dims == ("trial",) and n:
+        stamps = parse_trial_timestamps(np.asarray(stamps_coord.values))
+        if stamps is not None and n > 1 and stamps.min() == stamps.max():
+            stamps = None  # one time for every trial says nothing: NWB forbids constant trial times
+    if session_start is not None and session_start.tzinfo is None:
+        session_start = session_start.replace(tzinfo=timezone.utc)
+    if stamps is not None:
+        if session_start is None:
+            start = datetime.fromisoformat(str(stamps.min().astype("datetime64[s]"))).replace(tzinfo=timezone.utc)
+        else:
+            start = session_start
+        naive_start = np.datetime64(start.replace(tzinfo=None), "ns")
+        seconds = (stamps - naive_start) / np.timedelta64(1, "s")
+        if seconds.min() < 0:
+            raise ValueError(
+                f"session_start_time {start.isoformat()} is after the first trial "
+                f"({stamps.min()}); expected a start at or before every frame_trial_ts"
+            )
+        rows = np.lexsort((position, order_key, seconds))
+        times = seconds[rows].astype(np.float64)
+        zone = "UTC" if session_start is None or session_start.tzinfo is None else str(session_start.tzinfo)
+        description = (
+            "Trial times come from meta/trials/frame_trial_ts (1 s resolution; the release records no "
+            f"time zone, so the wall-clock times are written as {zone}). Rows are in presentation order; "
+            "the trials table id is the trial's file number."
+        )
+        return TimeAxis(rows, times, start, "frame_trial_ts", _rate(times), description)
+    rows = np.argsort(order_key, kind="stable") if integer_idx else position
+    times = np.arange(n, dtype=np.float64) * float(trial_period)
+    description = (
+        f"The scan has no trial times: trial k of the presentation order "
+        f"({'by trial_idx' if integer_idx else 'file order'}) starts at k x {trial_period:g} s. "
+        "This is a synthetic axis; the true timing is unknown."
+    )
+    start = session_start if session_start is not None else PLACEHOLDER_START
+    rate = 1.0 / float(trial_period) if n > 1 else None
+    return TimeAxis(rows, times, start, "synthetic", rate, description)
+
+
+def _rate(times: np.ndarray) -> float | None:
+    return float(1.0 / (times[1] - times[0])) if _is_regular(times) else None
+
+
+class _Timing:
+    """Timing arguments of the per-trial TimeSeries: explicit timestamps once, then links to them."""
+
+    def __init__(self, axis: TimeAxis) -> None:
+        self.axis = axis
+        self.first: Any = None
+
+    def __call__(self) -> dict[str, Any]:
+        if self.axis.rate is not None:
+            return {"starting_time": float(self.axis.start_times[0]), "rate": self.axis.rate}
+        if self.first is None:
+            return {"timestamps": self.axis.start_times}
+        return {"timestamps": self.first}
+
+    def written(self, series: Any) -> Any:
+        if self.first is None and self.axis.rate is None:
+            self.first = series
+        return series
+
+
+# ----------------------------------------------------------------------------------------------
+# distinct images
+
+
+def _storable_block(block: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """A block of trial images as NWB holds them: (n, y, x) grey or (n, y, x, channels) colour."""
+    if channel_axis is None:
+        return block
+    if block.shape[1] == 1:
+        return block[:, 0]
+    return np.moveaxis(block, 1, -1)
+
+
+def exact_as_uint8(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``block`` cast to uint8, and per image whether that cast is exact (converting back gives the same bits).
+
+    >>> exact_as_uint8(np.array([[0.0, 255.0], [1.5, 2.0], [-0.0, 3.0]], dtype=np.float32))[1].tolist()
+    [True, False, False]
+    """
+    if block.dtype == np.uint8:
+        return block, np.ones(len(block), dtype=bool)
+    if block.dtype.kind not in "iuf":
+        return block, np.zeros(len(block), dtype=bool)
+    with np.errstate(invalid="ignore", over="ignore"):
+        small = block.astype(np.uint8)
+    back = small.astype(block.dtype)
+    if block.dtype.kind == "f":
+        bits = np.dtype(f"u{block.dtype.itemsize}")
+        same = back.view(bits) == np.ascontiguousarray(block).view(bits)
+    else:
+        same = back == block
+    return small, same.reshape(len(block), -1).all(axis=1)
+
+
+def _image_type(shape: tuple[int, ...]) -> str:
+    return "GrayscaleImage" if len(shape) == 2 else "RGBImage" if shape[-1] == 3 else "RGBAImage"
+
+
+class _TextAttributes:
+    """Writes variable-length UTF-8 string attributes, as pynwb does, through h5py's low-level API (fast)."""
+
+    def __init__(self) -> None:
+        import h5py
+
+        self.h5a = h5py.h5a
+        self.dtype = h5py.string_dtype("utf-8")
+        self.stored, self.memory = h5py.h5t.py_create(self.dtype, logical=True), h5py.h5t.py_create(self.dtype)
+        self.scalar = h5py.h5s.create(h5py.h5s.SCALAR)
+
+    def value(self, text: str) -> np.ndarray:
+        return np.array(text, dtype=self.dtype)
+
+    def set(self, object_id: Any, attributes: Mapping[str, str | np.ndarray]) -> None:
+        for key, value in attributes.items():
+            attribute = self.h5a.create(object_id, key.encode(), self.stored, self.scalar)
+            attribute.write(value if isinstance(value, np.ndarray) else self.value(value), mtype=self.memory)
+            attribute.close()
+
+
+class ImageGroup:
+    """Adds Image datasets to an NWB ``Images`` group with h5py's low-level API.
+
+    Each dataset carries the attributes pynwb gives an Image (namespace, neurodata_type, object_id,
+    description); pynwb itself spends milliseconds building each of thousands of Image objects.
+    """
+
+    def __init__(self, group: Any, compression: Mapping[str, Any]) -> None:
+        import h5py
+
+        self.h5py = h5py
+        self.group = group
+        self.compression = dict(compression)
+        self.text = _TextAttributes()
+        self.namespace = self.text.value("core")
+        if self.compression.get("compression") not in (None, "gzip", "lzf"):
+            found = self.compression["compression"]
+            raise ValueError(f"to_nwb: expected compression 'gzip', 'lzf' or None, found {found!r}")
+        self._layouts: dict[tuple[str, tuple[int, ...]], tuple[Any, Any, Any, np.ndarray]] = {}
+
+    def _layout(self, image: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
+        """HDF5 type, dataspace, creation properties and neurodata_type of an image's dtype and shape (cached)."""
+        key = (image.dtype.str, image.shape)
+        if key not in self._layouts:
+            h5py = self.h5py
+            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+            if self.compression and image.size:
+                plist.set_chunk(image.shape)
+                if self.compression["compression"] == "gzip":
+                    plist.set_deflate(int(self.compression.get("compression_opts", 4)))
+                else:
+                    plist.set_filter(h5py.h5z.FILTER_LZF, h5py.h5z.FLAG_OPTIONAL)
+            kind = self.text.value(_image_type(image.shape))
+            self._layouts[key] = (h5py.h5t.py_create(image.dtype), h5py.h5s.create_simple(image.shape), plist, kind)
+        return self._layouts[key]
+
+    def add(self, name: str, image: np.ndarray, description: str) -> None:
+        h5py, text = self.h5py, self.text
+        type_id, space, plist, kind = self._layout(image)
+        dataset = h5py.h5d.create(self.group.id, name.encode(), type_id, space, dcpl=plist)
+        if image.size:
+            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(image))
+        for key, value in (
+            (b"description", text.value(description)),
+            (b"namespace", self.namespace),
+            (b"neurodata_type", kind),
+            (b"object_id", text.value(str(uuid.uuid4()))),
+        ):
+            attribute = text.h5a.create(dataset, key, text.stored, text.scalar)
+            attribute.write(value, mtype=text.memory)
+            attribute.close()
+        dataset.close()
+
+    def read(self, name: str) -> np.ndarray:
+        return np.asarray(self.group[name][()])
+
+    def set_order(self, image_names: list[str]) -> None:
+        """Rewrite ``order_of_images`` to list ``image_names`` (keeping its attributes)."""
+        h5py = self.h5py
+        old = self.group["order_of_images"]
+        attributes = {key: str(value) for key, value in old.attrs.items()}
+        del self.group["order_of_images"]
+        references = [h5py.h5r.create(self.group.id, name.encode(), h5py.h5r.OBJECT) for name in image_names]
+        order = self.group.create_dataset("order_of_images", data=np.array(references, dtype=h5py.ref_dtype))
+        self.text.set(order.id, attributes)
+
+
+@dataclass
+class DistinctImages:
+    """The distinct images of a scan as written: per Dataset trial the index of its image."""
+
+    image_of_trial: np.ndarray
+    image_ids: list[Any] = field(default_factory=list)
+    first_trial: list[int] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+
+
+def write_distinct_images(
+    images: xr.DataArray,
+    image_ids: np.ndarray,
+    target: ImageGroup,
+    *,
+    channel_axis: int | None,
+    trial_labels: np.ndarray,
+    progress: bool = False,
+) -> DistinctImages:
+    """One pass over the image blocks, writing each distinct (image id, pixels) pair once into ``target``.
+
+    A trial whose id was seen before is compared byte for byte with the images already stored under
+    that id; an id that shows different pixels in different trials gets one image per variant
+    (``image_<id>``, ``image_<id>_v1``, ...). Images whose grey levels are all integers 0-255 are
+    stored as uint8 (exact: converting back gives the same bits), others in their own dtype.
+    """
+    def prepare(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        block = _storable_block(block, channel_axis)
+        return (block, *exact_as_uint8(block))
+
+    stream = BlockStream(images.data, prepare=prepare)  # the casts run in the background thread
+    distinct = DistinctImages(image_of_trial=np.empty(images.shape[0], dtype=np.int64))
+    variants: dict[Any, list[int]] = {}
+    bar = _progress_bar(progress, total=len(stream), desc="nwb: images")
+    try:
+        for first, (block, small, exact) in stream:
+            for offset in range(len(block)):
+                trial = first + offset
+                image = small[offset] if exact[offset] else block[offset]
+                image_id = image_ids[trial].item()
+                known = variants.setdefault(image_id, [])
+                match = next((k for k in known if _same_bytes(target.read(distinct.names[k]), image)), None)
+                if match is None:
+                    match = len(distinct.names)
+                    base = "image_" + re.sub(r"[/:]", "_", str(image_id))
+                    name = base if not known else f"{base}_v{len(known)}"
+                    target.add(name, image, f"frame_image_id {image_id} (first shown in trial {trial_labels[trial]})")
+                    known.append(match)
+                    distinct.image_ids.append(image_id)
+                    distinct.first_trial.append(trial)
+                    distinct.names.append(name)
+                distinct.image_of_trial[trial] = match
+            bar.update(1)
+    finally:
+        bar.close()
+    return distinct
+
+
+def _same_bytes(stored: np.ndarray, image: np.ndarray) -> bool:
+    if stored.dtype != image.dtype or stored.shape != image.shape:
+        return False
+    return stored.tobytes() == np.ascontiguousarray(image).tobytes()
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _progress_bar(enabled: bool, *, total: int, desc: str, unit: str = "block") -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
+
+
+# ----------------------------------------------------------------------------------------------
+# metadata defaults
+
+
+#: Allen CCF acronyms of the visual areas as the release names them.
+CCF_AREAS = {"V1": "VISp", "LM": "VISl", "AL": "VISal", "RL": "VISrl", "PM": "VISpm", "AM": "VISam",
+             "LI": "VISli", "POR": "VISpor", "P": "VISpl", "A": "VISa"}  # fmt: skip
+DEFAULT_IMAGING = {
+    "device_description": "two-photon microscope",
+    "indicator": "GCaMP6s",
+    "excitation_lambda": 920.0,
+    "emission_lambda": 510.0,
+    "plane_description": "the imaged volume of visual cortex; neurons are located by their motor "
+    "coordinates in micrometres (one voxel per neuron, see the PlaneSegmentation columns)",
+}
+SESSION_KEYS_FROM_USER = (
+    "session_description", "identifier", "session_start_time", "session_id", "experimenter", "lab",
+    "institution", "experiment_description", "keywords", "related_publications", "notes",
+    "pharmacology", "protocol", "surgery", "virus", "stimulus_notes", "data_collection", "source_script",
+)  # fmt: skip
+DESCRIPTIONS = {
+    "tier": "data split of the trial (train, validation, test, final_test), from meta/trials/tiers",
+    "image_id": "frame_image_id: id of the image shown (the StimulusImages entry image_<id>)",
+    "trial_idx": "presentation index within the session (a 32-character hash in competition scans)",
+    "frame_image_class": "class of the image shown",
+    "frame_trial_ts": "trial time as stored by the release (pandas Timestamp text, 1 s resolution)",
+    "condition_hash": "stimulus condition hash",
+    model.WITHHELD_COORD: "True where the release withholds the responses (written as NaN)",
+    "area": "brain area as the release names it (e.g. V1)",
+    "layer": "cortical layer",
+    "animal_id": "animal id",
+    "session": "session number",
+    "scan_idx": "scan number within the session",
+    "cell_motor_coordinates": "x, y, z position of the neuron in micrometres (motor coordinates)",
+    "pupil_dilation": "pupil dilation, one value per trial",
+    "pupil_dilation_derivative": "temporal derivative of the pupil dilation, one value per trial",
+    "running_speed": "running speed on the treadmill, one value per trial",
+}
+WITHHELD_COLUMN = "is_response_withheld"
+MOTOR_COORDINATES = "cell_motor_coordinates"
+TRIALS_RESERVED = {"id", "start_time", "stop_time", "tags", "tags_index", "timeseries", "timeseries_index"}
+ROIS_RESERVED = {"id", "image_mask", "pixel_mask", "pixel_mask_index", "voxel_mask", "voxel_mask_index",
+                 "reference_images"}  # fmt: skip
+#: Coordinates no larger than this go into the layout document as JSON values.
+JSON_VALUES_LIMIT = 4096
+
+
+def _json_scalar(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_json_scalar(item) for item in value]
+    return value
+
+
+def _json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
+    return {str(key): _json_scalar(value) for key, value in attrs.items()}
+
+
+def _describe(name: str, variable: xr.Variable) -> str:
+    dims = ", ".join(map(str, variable.dims))
+    text = DESCRIPTIONS.get(name) or str(variable.attrs.get("long_name") or f"{name} (dims {dims})")
+    source = variable.attrs.get(model.FILE_ATTR)
+    return f"{text}; release file {source}" if source and source not in text else text
+
+
+def _unique_name(name: str, taken: set[str], reserved: set[str]) -> str:
+    if name in reserved:
+        name = f"sensorium_{name}"
+    if name.endswith("_time"):  # NWB reads *_time columns as seconds from the session start
+        name = f"{name}_raw"
+    while name in taken:
+        name = f"{name}_"
+    taken.add(name)
+    return name
+
+
+# ----------------------------------------------------------------------------------------------
+# the file
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``to_nwb`` accepts besides the data and the target."""
+
+    subject: Mapping[str, Any] | Any = None
+    session: Mapping[str, Any] | None = None
+    imaging: Mapping[str, Any] | None = None
+    stimulus_duration: float = 0.5
+    trial_period: float = 1.0
+    compression: str | None = None
+    compression_level: int | None = 1
+    progress: bool = False
+    tree: dict[str, Any] | None = None  # node name and root attributes, for a DataTree export
+
+
+def compression_options(options: ExportOptions, *, shuffle: bool) -> dict[str, Any]:
+    """h5py dataset keyword arguments of the chosen compression."""
+    if options.compression is None:
+        return {}
+    out: dict[str, Any] = {"compression": options.compression}
+    if options.compression == "gzip" and options.compression_level is not None:
+        out["compression_opts"] = int(options.compression_level)
+    if shuffle:
+        out["shuffle"] = True
+    return out
+
+
+def response_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """HDF5 chunk of the responses: 512 trials x 512 neurons (1 MB of float32), cut to the shape.
+
+    Square-ish chunks serve both reads that matter: a block of trials for all neurons (training) and
+    one neuron across all trials (tuning).
+    """
+    return tuple(max(1, min(512, size)) for size in shape)
+
+
+class NWBScanWriter:
+    """Builds the NWBFile of one scan and writes it (see the module docstring)."""
+
+    def __init__(self, ds: xr.Dataset, path: Path, options: ExportOptions) -> None:
+        self.ds = ds
+        self.path = Path(path)
+        self.options = options
+        self.layout: dict[str, Any] = {
+            "format": names.LAYOUT_FORMAT,
+            "version": names.LAYOUT_VERSION,
+            "attrs": _json_attrs(ds.attrs),
+            "data_vars": [str(name) for name in ds.data_vars],
+            "coords": [str(name) for name in ds.coords],
+            "variables": {},
+        }
+        if options.tree is not None:
+            self.layout["tree"] = options.tree
+        self.scratch_paths: list[Path] = []
+        self.cleanups: list[Callable[[], None]] = []
+        self.after_write: list[Callable[[], None]] = []
+
+    # -- entry point -------------------------------------------------------------------------
+    def write(self) -> None:
+        from pynwb import NWBHDF5IO
+
+        self._check()
+        session = dict(self.options.session or {})
+        self.axis = trial_time_axis(
+            self.ds, session_start=session.get("session_start_time"), trial_period=self.options.trial_period
+        )
+        self.timing = _Timing(self.axis)
+        try:
+            self._check_session(session)
+            self._start_spill()
+            nwbfile = self._nwbfile(session)
+            self._neurons(nwbfile)
+            self._trials(nwbfile)
+            self._images(nwbfile)
+            self._responses(nwbfile)
+            self._behavior(nwbfile)
+            self._rest(nwbfile)
+            self.layout["dataset_rows"] = self._dataset_rows()
+            nwbfile.add_scratch(
+                self._layout_text(),
+                name=names.LAYOUT_NAME,
+                description="neuroxr: how this file maps back onto the xarray Dataset it was written from "
+                "(JSON; read by neuroxr.open_nwb)",
+            )
+            with NWBHDF5IO(str(self.path), "w") as io:
+                io.write(nwbfile)
+            for step in self.after_write:
+                step()
+        finally:
+            for cleanup in reversed(self.cleanups):
+                cleanup()
+            for scratch in self.scratch_paths:
+                scratch.unlink(missing_ok=True)
+
+    def _check(self) -> None:
+        ds = self.ds
+        for dim in ("trial", "neuron"):
+            if dim not in ds.dims:
+                continue
+            values = np.asarray(ds[dim].values)
+            if values.dtype.kind not in "iu":
+                raise ValueError(f"to_nwb: expected integer {dim} labels (NWB table ids), found dtype {values.dtype}")
+            if len(np.unique(values)) != len(values):
+                raise ValueError(f"to_nwb: expected unique {dim} labels (NWB table ids), found repeats")
+        if "trial" not in ds.dims:
+            raise ValueError("to_nwb: expected a Dataset with a 'trial' dimension (one scan of the data model)")
+
+    @staticmethod
+    def _check_session(session: Mapping[str, Any]) -> None:
+        unknown = sorted(set(session) - set(SESSION_KEYS_FROM_USER))
+        if unknown:
+            expected = list(SESSION_KEYS_FROM_USER)
+            raise ValueError(f"to_nwb: unknown session fields {unknown}; expected some of {expected}")
+
+    def _layout_text(self) -> str:
+        return json.dumps(self.layout, separators=(",", ":"))
+
+    def _scratch_path(self, suffix: str) -> Path:
+        path = self.path.with_name(f"{self.path.name}.{suffix}")
+        self.scratch_paths.append(path)
+        return path
+
+    def _record(self, name: Any, variable: xr.Variable, store: dict[str, Any]) -> None:
+        self.layout["variables"][str(name)] = {
+            "dims": [str(dim) for dim in variable.dims],
+            "shape": [int(size) for size in variable.shape],
+            "dtype": variable.dtype.str,
+            "attrs": _json_attrs(variable.attrs),
+            "store": store,
+        }
+
+    def _dataset_rows(self) -> Any:
+        """How Dataset trials map onto NWB rows: "sorted_ids" when the Dataset lists trials ascending."""
+        trial = np.asarray(self.ds["trial"].values)
+        if np.all(np.diff(trial) > 0):
+            return "sorted_ids"
+        inverse = np.empty_like(self.axis.rows)
+        inverse[self.axis.rows] = np.arange(len(self.axis.rows))
+        return inverse.tolist()
+
+    def _in_rows(self, values: np.ndarray) -> np.ndarray:
+        return np.asarray(values)[self.axis.rows]
+
+    # -- NWBFile and subject -------------------------------------------------------------------
+    def _nwbfile(self, session: dict[str, Any]) -> Any:
+        from pynwb import NWBFile
+        from pynwb.file import Subject
+
+        ds = self.ds
+        scan = str(ds.attrs.get("scan", "unknown-scan"))
+        notes = [
+            f"Written by neuroxr from the Sensorium 2022 scan {scan} "
+            f"({ds.attrs.get('release_name', 'release name unknown')}).",
+            self.axis.description,
+            "Responses, behaviour and pupil position are one value per trial (no continuous traces "
+            "exist in the release). Values withheld by the release are NaN (see is_response_withheld).",
+        ]
+        if session.get("notes"):
+            notes.insert(0, str(session["notes"]))
+        n_neurons = ds.sizes.get("neuron", 0)
+        defaults: dict[str, Any] = {
+            "session_description": (
+                f"Sensorium 2022 static-image scan {scan}: deconvolved responses of {n_neurons} neurons "
+                f"of mouse visual cortex to {ds.sizes['trial']} presentations of grey natural images, "
+                "with pupil and running behaviour"
+            ),
+            "identifier": str(uuid.uuid4()),
+            "session_id": re.sub(r"[/\\]", "-", scan),
+            "experiment_description": (
+                "Two-photon imaging of mouse visual cortex while the head-fixed mouse viewed natural images "
+                "on a monitor (Sensorium 2022 competition data)."
+            ),
+            "keywords": ["mouse", "visual cortex", "two-photon calcium imaging", "natural images", "Sensorium"],
+            "related_publications": ["https://doi.org/10.48550/arXiv.2206.08666"],
+        }
+        kwargs = {**defaults, **{key: value for key, value in session.items() if value is not None}}
+        kwargs["session_start_time"] = self.axis.session_start
+        kwargs["notes"] = " ".join(notes)
+        nwbfile = NWBFile(**kwargs)
+        subject = self.options.subject
+        if subject is None or isinstance(subject, Mapping):
+            subject_kwargs = {**self._default_subject(), **dict(subject or {})}
+            nwbfile.subject = Subject(**subject_kwargs)
+        else:
+            nwbfile.subject = subject
+        self.session = kwargs
+        return nwbfile
+
+    def _default_subject(self) -> dict[str, Any]:
+        ds = self.ds
+        animal = None
+        if "animal_id" in ds.coords and ds["animal_id"].size:
+            values = np.unique(np.asarray(ds["animal_id"].values))
+            animal = str(values[0]) if len(values) == 1 else None
+        if animal is None:
+            animal = str(ds.attrs.get("scan", "unknown")).split("-")[0]
+        return {
+            "subject_id": re.sub(r"[/\\]", "-", animal),
+            "species": "Mus musculus",
+            "sex": "U",
+            "age": "P0D/",
+            "description": "Mouse of the Sensorium 2022 release. The release records neither age nor sex: "
+            "age 'P0D/' and sex 'U' mean unknown; pass subject={'age': ..., 'sex': ...} to record them.",
+        }
+
+    # -- neurons --------------------------------------------------------------------------------
+    def _neurons(self, nwbfile: Any) -> None:
+        from hdmf.common import VectorData, VectorIndex
+        from pynwb.ophys import ImageSegmentation, OpticalChannel, PlaneSegmentation
+
+        ds = self.ds
+        imaging = {**DEFAULT_IMAGING, **dict(self.options.imaging or {})}
+        self.plane_segmentation = None
+        if "neuron" not in ds.dims:
+            return
+        n = ds.sizes["neuron"]
+        motor = ds.coords.get(MOTOR_COORDINATES)
+        if motor is not None and motor.dims == ("neuron", "space") and motor.shape[1] == 3:
+            positions = np.nan_to_num(np.asarray(motor.values, dtype=np.float64))
+        else:
+            positions = np.zeros((n, 3))
+        origin = positions.min(axis=0) if n else np.zeros(3)
+        voxels = np.zeros(n, dtype=[("x", "<u4"), ("y", "<u4"), ("z", "<u4"), ("weight", "<f4")])
+        for axis_index, axis_name in enumerate("xyz"):
+            voxels[axis_name] = np.rint(positions[:, axis_index] - origin[axis_index]).astype(np.uint32)
+        voxels["weight"] = 1.0
+        areas = np.unique(np.asarray(ds["area"].values)) if "area" in ds.coords else np.array([])
+        location = imaging.get("location") or (CCF_AREAS.get(str(areas[0]), "VIS") if len(areas) == 1 else "VIS")
+        device = nwbfile.create_device(name="Microscope", description=str(imaging["device_description"]))
+        channel = OpticalChannel(name="OpticalChannel", description=f"{imaging['indicator']} fluorescence",
+                                 emission_lambda=float(imaging["emission_lambda"]))  # fmt: skip
+        plane = nwbfile.create_imaging_plane(
+            name="ImagingPlane",
+            optical_channel=channel,
+            description=str(imaging["plane_description"]),
+            device=device,
+            excitation_lambda=float(imaging["excitation_lambda"]),
+            indicator=str(imaging["indicator"]),
+            location=location,
+            grid_spacing=[1.0, 1.0, 1.0],
+            grid_spacing_unit="micrometers",
+            origin_coords=[float(value) for value in origin],
+            origin_coords_unit="micrometers",
+        )
+        voxel_data = VectorData(name="voxel_mask", description="one voxel per neuron: its motor position "
+                                "in micrometres, rounded, from the ImagingPlane origin", data=voxels)  # fmt: skip
+        voxel_index = VectorIndex(name="voxel_mask_index", data=np.arange(1, n + 1, dtype=np.int64), target=voxel_data)
+        neuron_ids = np.asarray(ds["neuron"].values).astype(np.int64)
+        table = PlaneSegmentation(
+            name=names.PLANE_SEGMENTATION,
+            description="The neurons of the scan, one row per neuron; id is the unit id (meta/neurons/unit_ids)",
+            imaging_plane=plane,
+            id=neuron_ids,
+            columns=[voxel_data, voxel_index],
+        )
+        self._record("neuron", ds["neuron"].variable, _in_file(f"{names.ROIS_PATH}/id"))
+        taken: set[str] = set()
+        for name, coord in ds.coords.items():
+            if name == "neuron" or not coord.dims or coord.dims[0] != "neuron" or "trial" in coord.dims:
+                continue
+            column = _unique_name(str(name), taken, ROIS_RESERVED)
+            description = _describe(str(name), coord.variable)
+            table.add_column(name=column, description=description, data=np.asarray(coord.values))
+            self._record(name, coord.variable, _in_file(f"{names.ROIS_PATH}/{column}"))
+        module = nwbfile.create_processing_module(name="ophys", description="neurons and their per-trial responses")
+        module.add(ImageSegmentation(name="ImageSegmentation", plane_segmentations=[table]))
+        self.ophys = module
+        self.plane_segmentation = table
+
+    # -- trials ---------------------------------------------------------------------------------
+    def _trials(self, nwbfile: Any) -> None:
+        from hdmf.common import VectorData
+        from pynwb.epoch import TimeIntervals
+
+        ds = self.ds
+        start = self.axis.start_times
+        columns = [
+            VectorData(name="start_time", description="trial start in seconds from the session start", data=start),
+            VectorData(name="stop_time", description=f"start_time + {self.options.stimulus_duration:g} s "
+                       "(nominal image presentation)", data=start + float(self.options.stimulus_duration)),  # fmt: skip
+        ]
+        self._record("trial", ds["trial"].variable, _in_file(f"{names.TRIALS_PATH}/id", trial_rows=True))
+        taken: set[str] = set()
+        for name, coord in ds.coords.items():
+            if name == "trial" or not coord.dims or coord.dims[0] != "trial" or "neuron" in coord.dims:
+                continue
+            wanted = WITHHELD_COLUMN if name == model.WITHHELD_COORD else str(name)
+            column = _unique_name(wanted, taken, TRIALS_RESERVED)
+            values = self._in_rows(np.asarray(coord.values))
+            columns.append(VectorData(name=column, description=_describe(str(name), coord.variable), data=values))
+            self._record(name, coord.variable, _in_file(f"{names.TRIALS_PATH}/{column}", trial_rows=True))
+        nwbfile.trials = TimeIntervals(
+            name="trials",
+            description="One row per trial (image presentation), in presentation order; id is the trial's "
+            "file number X of data/*/X.npy. " + self.axis.description,
+            id=self._in_rows(np.asarray(ds["trial"].values)).astype(np.int64),
+            columns=columns,
+        )
+
+    # -- images ---------------------------------------------------------------------------------
+    def _images(self, nwbfile: Any) -> None:
+        """The Images container and the IndexSeries; the images themselves are written after pynwb.
+
+        pynwb writes the structure with a one-pixel placeholder image and zeros for the presentation
+        index; :meth:`_write_images` then streams the distinct images into the file, fills the index,
+        lists the images in ``order_of_images`` and removes the placeholder.
+        """
+        from pynwb.base import ImageReferences, Images
+        from pynwb.image import GrayscaleImage, IndexSeries
+
+        ds = self.ds
+        images = ds.get("images")
+        if images is None or images.dims[0] != "trial" or images.ndim not in (3, 4):
+            return
+        if images.ndim == 4 and images.shape[1] not in (1, 3, 4):
+            return  # stored as a generic variable by _rest
+        placeholder = GrayscaleImage(name=PLACEHOLDER_IMAGE, data=np.zeros((1, 1), dtype=np.uint8),
+                                     description="placeholder, replaced by the images")  # fmt: skip
+        container = Images(
+            name=names.IMAGES,
+            images=[placeholder],
+            description=(
+                "The distinct images shown, one per frame_image_id (image_<id>; image_<id>_v<k> if trials with "
+                "one id showed different pixels), rows y and columns x. Grey levels that are all integers in "
+                "0-255 are stored as uint8 (the release holds float32; neuroxr.open_nwb restores it)."
+            ),
+            order_of_images=ImageReferences(name="order_of_images", data=[placeholder]),
+        )
+        nwbfile.add_stimulus_template(container)
+        series = IndexSeries(
+            name=names.PRESENTATION,
+            data=np.zeros(ds.sizes["trial"], dtype=np.uint32),
+            indexed_images=container,
+            unit="N/A",
+            description="Which image each trial showed: index into StimulusImages.order_of_images, one "
+            "sample per trial in presentation order",
+            comments=self.axis.description,
+            **self.timing(),
+        )
+        nwbfile.add_stimulus(self.timing.written(series))
+        self.images_store: dict[str, Any] = {
+            "kind": "images",
+            "presentation": f"{names.PRESENTATION_PATH}/data",
+            "order": f"{names.IMAGES_PATH}/order_of_images",
+            "names": [],  # as order_of_images lists them (dereferencing thousands of references is slow)
+            "trial_rows": True,
+            "channel_axis": "none" if images.ndim == 3 else "first",
+        }
+        self._record("images", images.variable, self.images_store)
+        self.after_write.append(self._write_images)
+
+    def _write_images(self) -> None:
+        import h5py
+
+        ds = self.ds
+        images = ds["images"]
+        channel_axis = 1 if images.ndim == 4 else None
+        if "image_id" in ds.coords and ds["image_id"].dims == ("trial",):
+            image_ids = np.asarray(ds["image_id"].values)
+        else:
+            image_ids = np.asarray(ds["trial"].values)
+        if images.chunks is None:
+            images = images.chunk({"trial": max(1, images.sizes["trial"])})
+        with h5py.File(self.path, "r+") as file:
+            group = ImageGroup(file[names.IMAGES_PATH], compression_options(self.options, shuffle=False))
+            distinct = write_distinct_images(
+                images, image_ids, group, channel_axis=channel_axis, trial_labels=np.asarray(ds["trial"].values),
+                progress=self.options.progress,
+            )  # fmt: skip
+            by_id = sorted(
+                range(len(distinct.names)), key=lambda k: (_sort_key(distinct.image_ids[k]), distinct.first_trial[k])
+            )
+            ordered_names = [distinct.names[k] for k in by_id]
+            group.set_order(ordered_names)
+            del group.group[PLACEHOLDER_IMAGE]
+            position = np.empty(len(by_id), dtype=np.int64)
+            position[by_id] = np.arange(len(by_id))
+            presented = self._in_rows(position[distinct.image_of_trial]).astype(np.uint32)
+            file[f"{names.PRESENTATION_PATH}/data"][...] = presented
+            self.images_store["names"] = ordered_names
+            file[f"scratch/{names.LAYOUT_NAME}"][()] = self._layout_text()
+
+    # -- responses ------------------------------------------------------------------------------
+    def _responses(self, nwbfile: Any) -> None:
+        from hdmf.backends.hdf5 import H5DataIO
+        from pynwb.ophys import Fluorescence, RoiResponseSeries
+
+        ds = self.ds
+        responses = ds.get("responses")
+        if responses is None or responses.dims != ("trial", "neuron") or self.plane_segmentation is None:
+            return
+        source, order = self._row_source()
+        chunk = response_chunks(responses.shape)
+        row_bytes = max(1, responses.shape[1] * responses.dtype.itemsize)
+        buffer_rows = chunk[0] * max(1, (64 * 2**20) // (row_bytes * chunk[0]))
+        iterator = _iterator_class()(
+            source,
+            order,
+            responses.dtype,
+            chunk_shape=chunk,
+            buffer_shape=(min(buffer_rows, responses.shape[0]), responses.shape[1]),
+            display_progress=self.options.progress,
+            progress_bar_options={"desc": "nwb: responses", "unit": "buffer"},
+        )
+        region = self.plane_segmentation.create_roi_table_region(
+            region=list(range(ds.sizes["neuron"])), description="all neurons, in unit id order"
+        )
+        series = RoiResponseSeries(
+            name=names.RESPONSES,
+            data=H5DataIO(iterator, **compression_options(self.options, shuffle=True)),
+            rois=region,
+            unit="n.a.",
+            description="Deconvolved calcium activity of each neuron in response to the image of each trial, "
+            "one value per trial (trials in presentation order; neurons as the PlaneSegmentation rows). "
+            "Withheld responses are NaN.",
+            comments=self.axis.description,
+            **self.timing(),
+        )
+        fluorescence = Fluorescence(name="Fluorescence")
+        self.ophys.add(fluorescence)  # first, so that the rois region shares an ancestor with its table
+        fluorescence.add_roi_response_series(series)
+        self.timing.written(series)
+        self._record("responses", responses.variable, _in_file(f"{names.RESPONSES_PATH}/data", trial_rows=True))
+
+    def _responses_data(self) -> Any:
+        responses = self.ds["responses"]
+        if responses.chunks is None:
+            responses = responses.chunk({"trial": max(1, responses.sizes["trial"])})
+        return responses.data
+
+    def _start_spill(self) -> None:
+        """When rows must be reordered, start spilling the responses now: it overlaps building the file."""
+        responses = self.ds.get("responses")
+        self.spill: BackgroundRows | None = None
+        if self.axis.identity or responses is None or responses.dims != ("trial", "neuron"):
+            return
+        stream = BlockStream(self._responses_data())
+        path = self._scratch_path("responses.raw")
+
+        def spill() -> SpilledRows:
+            bar = _progress_bar(self.options.progress, total=len(stream), desc="nwb: responses (reordering)")
+            try:
+                return SpilledRows(stream, path, on_block=lambda: bar.update(1))
+            finally:
+                bar.close()
+
+        self.spill = BackgroundRows(spill, tuple(int(size) for size in responses.shape))
+        self.cleanups.append(self.spill.close)
+
+    def _row_source(self) -> tuple[Any, np.ndarray | None]:
+        """The responses in NWB row order: read forward when the orders agree, else from the spill."""
+        if self.spill is None:
+            return ForwardRows(BlockStream(self._responses_data())), None
+        return self.spill, self.axis.rows
+
+    # -- behaviour ------------------------------------------------------------------------------
+    def _wholly_withheld(self, name: str, values: np.ndarray) -> bool:
+        withheld = {part.strip() for part in str(self.ds.attrs.get("withheld", "")).split(",")}
+        return name in withheld and values.size > 0 and values.dtype.kind == "f" and bool(np.isnan(values).all())
+
+    def _behavior(self, nwbfile: Any) -> None:
+        from pynwb.behavior import BehavioralTimeSeries, EyeTracking, PupilTracking, SpatialSeries
+        from pynwb.base import TimeSeries
+
+        ds = self.ds
+        module = None
+
+        def behavior_module() -> Any:
+            nonlocal module
+            if module is None:
+                module = nwbfile.create_processing_module(
+                    name="behavior", description="pupil and running behaviour, one value per trial"
+                )
+            return module
+
+        behavior = ds.get("behavior")
+        if behavior is not None and behavior.dims == ("trial", "behavior_variable"):
+            values = np.asarray(behavior.values)
+            if self._wholly_withheld("behavior", values):
+                self._record("behavior", behavior.variable, {"kind": "absent"})
+            else:
+                pupil, other, paths = [], [], []
+                for index, label in enumerate(np.asarray(ds["behavior_variable"].values).tolist()):
+                    series_name = re.sub(r"[/:]", "_", str(label))
+                    series = TimeSeries(
+                        name=series_name,
+                        data=self._in_rows(values[:, index]),
+                        unit="n.a.",
+                        description=DESCRIPTIONS.get(str(label), f"{label}, one value per trial"),
+                        comments=self.axis.description,
+                        **self.timing(),
+                    )
+                    self.timing.written(series)
+                    container = "PupilTracking" if str(label).startswith("pupil") else "BehavioralTimeSeries"
+                    (pupil if container == "PupilTracking" else other).append(series)
+                    paths.append(f"{names.BEHAVIOR_PATH}/{container}/{series_name}/data")
+                if pupil:
+                    behavior_module().add(PupilTracking(name="PupilTracking", time_series=pupil))
+                if other:
+                    behavior_module().add(BehavioralTimeSeries(name="BehavioralTimeSeries", time_series=other))
+                self._record("behavior", behavior.variable, {"kind": "columns", "paths": paths, "trial_rows": True})
+        center = ds.get("pupil_center")
+        if center is not None and center.dims == ("trial", "pupil_axis") and center.shape[1] in (1, 2, 3):
+            values = np.asarray(center.values)
+            if self._wholly_withheld("pupil_center", values):
+                self._record("pupil_center", center.variable, {"kind": "absent"})
+            else:
+                series = SpatialSeries(
+                    name="pupil_center",
+                    data=self._in_rows(values),
+                    reference_frame="pupil centre in the eye-camera image: columns are the horizontal (x) and "
+                    "vertical (y) position as stored by the release",
+                    unit="n.a.",
+                    description=str(center.attrs.get("long_name", "pupil centre position")) + ", one value per trial",
+                    comments=self.axis.description,
+                    **self.timing(),
+                )
+                self.timing.written(series)
+                behavior_module().add(EyeTracking(name="EyeTracking", spatial_series=[series]))
+                path = f"{names.BEHAVIOR_PATH}/EyeTracking/pupil_center/data"
+                self._record("pupil_center", center.variable, _in_file(path, trial_rows=True))
+
+    # -- everything else ------------------------------------------------------------------------
+    def _rest(self, nwbfile: Any) -> None:
+        """Statistics, label coordinates and any other variable: JSON values or scratch arrays."""
+        from hdmf.backends.hdf5 import H5DataIO
+
+        for name, variable in self.ds.variables.items():
+            if str(name) in self.layout["variables"]:
+                continue
+            if name in self.ds.coords and variable.size <= JSON_VALUES_LIMIT and variable.dtype.kind in "biufUM":
+                values = np.asarray(variable.values)
+                if values.dtype.kind == "M":
+                    values = values.astype(str)
+                self._record(name, variable, {"kind": "values", "values": _json_scalar(values)})
+                continue
+            scratch_name = f"neuroxr_{name}" if name in (names.LAYOUT_NAME,) else str(name)
+            description = f"neuroxr: the xarray variable {name!r} with dims ({', '.join(map(str, variable.dims))})"
+            if variable.chunks is not None and variable.dims and variable.dims[0] == "trial":
+                source = ForwardRows(BlockStream(variable.data))
+                shape = variable.shape
+                chunk = tuple(max(1, min(size, 512 if axis == 0 else size)) for axis, size in enumerate(shape))
+                iterator = _iterator_class()(source, None, variable.dtype, chunk_shape=chunk,
+                                             buffer_shape=(chunk[0], *shape[1:]))  # fmt: skip
+                data: Any = H5DataIO(iterator, **compression_options(self.options, shuffle=True))
+            else:
+                data = np.asarray(variable.values)
+                if data.dtype.kind == "U":
+                    data = data.astype(object)
+            nwbfile.add_scratch(data, name=scratch_name, description=description)
+            self._record(name, variable, _in_file(f"scratch/{scratch_name}"))
+
+
+def _in_file(path: str, *, trial_rows: bool = False) -> dict[str, Any]:
+    """A layout entry: the variable is the HDF5 dataset ``path`` (rows in presentation order if ``trial_rows``)."""
+    return {"kind": "dataset", "path": path, "trial_rows": True} if trial_rows else {"kind": "dataset", "path": path}
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float, np.integer, np.floating)) else (1, str(value))
+
+
+def write_scan(ds: xr.Dataset, path: str | os.PathLike[str], options: ExportOptions) -> None:
+    """Write one scan to ``path`` (``neuroxr.formats.nwb.to_nwb`` gives it a temporary name first).
+
+    The file is written as ``<path>.nwb`` (pynwb expects the suffix) and renamed to ``path``.
+    """
+    path = Path(path)
+    written = path.with_name(path.name + names.NWB_SUFFIX) if path.suffix != names.NWB_SUFFIX else path
+    try:
+        NWBScanWriter(ds, written, options).write()
+        if written != path:
+            os.replace(written, path)
+    finally:
+        if written != path:
+            written.unlink(missing_ok=True)
