@@ -60,7 +60,9 @@ def write_with_h5py(ds: Any, path: Path, compression: str | None, level: int) ->
     """The baseline: the arrays the NWB file holds, written with h5py, same chunks and compression."""
     import h5py
 
-    from neuroxr.formats.nwb_write import BlockStream, exact_as_uint8, response_chunks
+    from neuroxr.formats.nwb_images import exact_as_uint8
+    from neuroxr.formats.nwb_streams import BlockStream
+    from neuroxr.formats.nwb_write import response_chunks
 
     options: dict[str, Any] = {}
     if compression == "gzip":

@@ -37,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
     archive = target / f"{synthetic.attrs['release_name']}.zip"
     to_folder(synthetic, folder, overwrite=True)
     to_folder(synthetic, archive, zip=True, overwrite=True)
-    _print(f"wrote a synthetic scan as the release lays it out:", f"  {folder}/", f"  {archive}", "")
+    _print("wrote a synthetic scan as the release lays it out:", f"  {folder}/", f"  {archive}", "")
 
     started = time.perf_counter()
     ds = neuroxr.open_scan(archive)

@@ -16,7 +16,7 @@ from conftest import write_tiny_scan
 
 import neuroxr
 from neuroxr.errors import ScanError, TargetExistsError
-from neuroxr.formats import nwb_write
+from neuroxr.formats import nwb_streams, nwb_write
 from neuroxr.formats.nwb import open_nwb, to_nwb
 from neuroxr.synthetic import make_scan
 
@@ -267,15 +267,15 @@ def test_row_sources_read_each_block_once(tmp_path: Path) -> None:
     values = np.arange(60, dtype=np.float32).reshape(20, 3)
     array = da.from_array(values, chunks=(6, 3))
     computed: list[int] = []
-    stream = nwb_write.BlockStream(array)
+    stream = nwb_streams.BlockStream(array)
     original = stream._compute
     stream._compute = lambda index: (computed.append(index), original(index))[1]  # type: ignore[method-assign]
-    forward = nwb_write.ForwardRows(stream)
+    forward = nwb_streams.ForwardRows(stream)
     np.testing.assert_array_equal(forward.get(np.arange(0, 8)), values[0:8])
     np.testing.assert_array_equal(forward.get(np.arange(8, 20)), values[8:20])
     assert computed == [0, 1, 2, 3]
     order = np.random.default_rng(0).permutation(20)
-    spilled = nwb_write.SpilledRows(nwb_write.BlockStream(array), tmp_path / "rows.raw")
+    spilled = nwb_streams.SpilledRows(nwb_streams.BlockStream(array), tmp_path / "rows.raw")
     try:
         np.testing.assert_array_equal(spilled.get(order), values[order])
     finally:

@@ -4,11 +4,11 @@ The mapping is in ``docs/nwb.md``. Small things (tables, labels, behaviour, stat
 memory; the big ones stream block by block from the dask arrays, the next block computed in a
 background thread while the current one is written:
 
-- responses go through an hdmf ``GenericDataChunkIterator``. Rows are written in presentation order
+- responses go through an hdmf ``GenericDataChunkIterator`` (``nwb_streams``). Rows are written in presentation order
   (NWB times must ascend) while a scan's files usually are not; when the orders differ the responses
   are first spilled in file order to a raw scratch file (in the background, while pynwb builds the
   file) and read back row by row, so the source is read once and never held whole in memory.
-- images: pynwb writes the structure with a placeholder; then one pass over the image blocks adds
+- images (``nwb_images``): pynwb writes the structure with a placeholder; then one pass over the image blocks adds
   each distinct image (per image id, compared byte for byte) with h5py's low-level API and the
   attributes pynwb would give it, as uint8 where that is exact. pynwb itself spends milliseconds on
   each of thousands of Image objects.
@@ -20,14 +20,12 @@ it back to the identical Dataset. Scratch files sit beside the target and are re
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,162 +35,15 @@ import xarray as xr
 
 from neuroxr import model
 from neuroxr.formats import nwb as names
-
-# ----------------------------------------------------------------------------------------------
-# streaming rows of a dask array
-
-
-def _whole_rows(array: Any) -> Any:
-    """The dask ``array`` with one chunk along every axis but the first."""
-    return array.rechunk({axis: -1 for axis in range(1, array.ndim)}) if array.ndim > 1 else array
-
-
-class BlockStream:
-    """The blocks of a dask array chunked along axis 0, computed in order, ``ahead`` of the reader.
-
-    The next block is computed in a background thread while the caller works on the current one.
-
-    >>> import dask.array as da
-    >>> [int(block.sum()) for _, block in BlockStream(da.arange(10, chunks=4))]
-    [6, 22, 17]
-    """
-
-    def __init__(self, array: Any, *, ahead: int = 1, prepare: Callable[[np.ndarray], Any] | None = None) -> None:
-        self.array = _whole_rows(array)
-        self.bounds = np.cumsum((0, *self.array.chunks[0]))
-        self.ahead = max(0, ahead)
-        self.prepare = prepare  # applied to each block in the background thread too
-
-    def __len__(self) -> int:
-        return len(self.bounds) - 1
-
-    def _compute(self, index: int) -> Any:
-        block = np.asarray(self.array.blocks[index].compute())
-        return block if self.prepare is None else self.prepare(block)
-
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb") as pool:
-            pending: list[Future[Any]] = []
-            submitted = 0
-            try:
-                for index in range(len(self)):
-                    while submitted < len(self) and submitted <= index + self.ahead:
-                        pending.append(pool.submit(self._compute, submitted))
-                        submitted += 1
-                    yield int(self.bounds[index]), pending.pop(0).result()
-            finally:
-                for future in pending:
-                    future.cancel()
-
-
-class ForwardRows:
-    """Row ranges of a :class:`BlockStream`, asked for in increasing order (each block read once)."""
-
-    def __init__(self, stream: BlockStream) -> None:
-        self.shape = tuple(int(size) for size in stream.array.shape)
-        self._blocks = iter(stream)
-        self._held: list[tuple[int, np.ndarray]] = []
-
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        start, stop = int(rows[0]), int(rows[-1]) + 1
-        self._held = [(first, block) for first, block in self._held if first + len(block) > start]
-        while not self._held or self._held[-1][0] + len(self._held[-1][1]) < stop:
-            self._held.append(next(self._blocks))
-        if self._held[0][0] > start:
-            raise RuntimeError(f"rows are read forward only: row {start} was already released")
-        parts = [
-            block[max(start - first, 0) : min(stop - first, len(block))]
-            for first, block in self._held
-            if first < stop and first + len(block) > start
-        ]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-class SpilledRows:
-    """A dask array copied block by block to a raw scratch file, then read back rows in any order."""
-
-    def __init__(self, stream: BlockStream, path: Path, *, on_block: Callable[[], None] | None = None) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(size) for size in stream.array.shape)
-        self.dtype = np.dtype(stream.array.dtype)
-        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
-        self._fd = -1
-        try:
-            with open(self.path, "wb") as file:
-                for _, block in stream:
-                    file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
-                    if on_block is not None:
-                        on_block()
-            self._fd = os.open(self.path, os.O_RDONLY)
-        except BaseException:
-            self.close()
-            raise
-
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        """The rows ``rows`` (any order) as a new array."""
-        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
-        if self.row_bytes == 0:
-            return out
-        flat = out.reshape(len(rows), -1).view(np.uint8)
-        for position, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
-            if os.preadv(self._fd, [flat[position]], row * self.row_bytes) != self.row_bytes:
-                raise OSError(f"{self.path}: short read of row {row}")
-        return out
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-        self.path.unlink(missing_ok=True)
-
-
-class BackgroundRows:
-    """A row source built in a background thread (a spill), waited for when rows are first asked for."""
-
-    def __init__(self, make: Callable[[], Any], shape: tuple[int, ...]) -> None:
-        self.shape = shape
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb-spill")
-        self._future = self._pool.submit(make)
-
-    def get(self, rows: np.ndarray) -> np.ndarray:
-        return self._future.result().get(rows)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True)
-        if self._future.exception() is None:
-            self._future.result().close()
-
-
-@functools.cache
-def _iterator_class() -> type:
-    """The hdmf iterator class, defined on first use (hdmf is a heavy import)."""
-    from hdmf.data_utils import GenericDataChunkIterator
-
-    class RowsIterator(GenericDataChunkIterator):
-        """hdmf iterator over a 2-D (or n-D) array whose rows come from a row source, in ``order``."""
-
-        def __init__(self, source: Any, order: np.ndarray | None, dtype: np.dtype, **kwargs: Any) -> None:
-            self._source = source
-            self._order = order
-            self._shape = source.shape
-            self._dtype_value = np.dtype(dtype)
-            super().__init__(**kwargs)
-
-        def _get_data(self, selection: tuple[slice, ...]) -> np.ndarray:
-            first = selection[0]
-            rows = np.arange(first.start or 0, first.stop)
-            if self._order is not None:
-                rows = self._order[rows]
-            data = self._source.get(rows)
-            return np.ascontiguousarray(data[(slice(None), *selection[1:])], dtype=self._dtype_value)
-
-        def _get_maxshape(self) -> tuple[int, ...]:
-            return self._shape
-
-        def _get_dtype(self) -> np.dtype:
-            return self._dtype_value
-
-    return RowsIterator
+from neuroxr.formats.nwb_images import ImageGroup, write_distinct_images
+from neuroxr.formats.nwb_streams import (
+    BackgroundRows,
+    BlockStream,
+    ForwardRows,
+    SpilledRows,
+    iterator_class,
+    progress_bar,
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,212 +183,6 @@ class _Timing:
         if self.first is None and self.axis.rate is None:
             self.first = series
         return series
-
-
-# ----------------------------------------------------------------------------------------------
-# distinct images
-
-
-def _storable_block(block: np.ndarray, channel_axis: int | None) -> np.ndarray:
-    """A block of trial images as NWB holds them: (n, y, x) grey or (n, y, x, channels) colour."""
-    if channel_axis is None:
-        return block
-    if block.shape[1] == 1:
-        return block[:, 0]
-    return np.moveaxis(block, 1, -1)
-
-
-def exact_as_uint8(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``block`` cast to uint8, and per image whether that cast is exact (converting back gives the same bits).
-
-    >>> exact_as_uint8(np.array([[0.0, 255.0], [1.5, 2.0], [-0.0, 3.0]], dtype=np.float32))[1].tolist()
-    [True, False, False]
-    """
-    if block.dtype == np.uint8:
-        return block, np.ones(len(block), dtype=bool)
-    if block.dtype.kind not in "iuf":
-        return block, np.zeros(len(block), dtype=bool)
-    with np.errstate(invalid="ignore", over="ignore"):
-        small = block.astype(np.uint8)
-    back = small.astype(block.dtype)
-    if block.dtype.kind == "f":
-        bits = np.dtype(f"u{block.dtype.itemsize}")
-        same = back.view(bits) == np.ascontiguousarray(block).view(bits)
-    else:
-        same = back == block
-    return small, same.reshape(len(block), -1).all(axis=1)
-
-
-def _image_type(shape: tuple[int, ...]) -> str:
-    return "GrayscaleImage" if len(shape) == 2 else "RGBImage" if shape[-1] == 3 else "RGBAImage"
-
-
-class _TextAttributes:
-    """Writes variable-length UTF-8 string attributes, as pynwb does, through h5py's low-level API (fast)."""
-
-    def __init__(self) -> None:
-        import h5py
-
-        self.h5a = h5py.h5a
-        self.dtype = h5py.string_dtype("utf-8")
-        self.stored, self.memory = h5py.h5t.py_create(self.dtype, logical=True), h5py.h5t.py_create(self.dtype)
-        self.scalar = h5py.h5s.create(h5py.h5s.SCALAR)
-
-    def value(self, text: str) -> np.ndarray:
-        return np.array(text, dtype=self.dtype)
-
-    def set(self, object_id: Any, attributes: Mapping[str, str | np.ndarray]) -> None:
-        for key, value in attributes.items():
-            attribute = self.h5a.create(object_id, key.encode(), self.stored, self.scalar)
-            attribute.write(value if isinstance(value, np.ndarray) else self.value(value), mtype=self.memory)
-            attribute.close()
-
-
-class ImageGroup:
-    """Adds Image datasets to an NWB ``Images`` group with h5py's low-level API.
-
-    Each dataset carries the attributes pynwb gives an Image (namespace, neurodata_type, object_id,
-    description); pynwb itself spends milliseconds building each of thousands of Image objects.
-    """
-
-    def __init__(self, group: Any, compression: Mapping[str, Any]) -> None:
-        import h5py
-
-        self.h5py = h5py
-        self.group = group
-        self.compression = dict(compression)
-        self.text = _TextAttributes()
-        self.namespace = self.text.value("core")
-        if self.compression.get("compression") not in (None, "gzip", "lzf"):
-            found = self.compression["compression"]
-            raise ValueError(f"to_nwb: expected compression 'gzip', 'lzf' or None, found {found!r}")
-        self._layouts: dict[tuple[str, tuple[int, ...]], tuple[Any, Any, Any, np.ndarray]] = {}
-
-    def _layout(self, image: np.ndarray) -> tuple[Any, Any, Any, np.ndarray]:
-        """HDF5 type, dataspace, creation properties and neurodata_type of an image's dtype and shape (cached)."""
-        key = (image.dtype.str, image.shape)
-        if key not in self._layouts:
-            h5py = self.h5py
-            plist = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            if self.compression and image.size:
-                plist.set_chunk(image.shape)
-                if self.compression["compression"] == "gzip":
-                    plist.set_deflate(int(self.compression.get("compression_opts", 4)))
-                else:
-                    plist.set_filter(h5py.h5z.FILTER_LZF, h5py.h5z.FLAG_OPTIONAL)
-            kind = self.text.value(_image_type(image.shape))
-            self._layouts[key] = (h5py.h5t.py_create(image.dtype), h5py.h5s.create_simple(image.shape), plist, kind)
-        return self._layouts[key]
-
-    def add(self, name: str, image: np.ndarray, description: str) -> None:
-        h5py, text = self.h5py, self.text
-        type_id, space, plist, kind = self._layout(image)
-        dataset = h5py.h5d.create(self.group.id, name.encode(), type_id, space, dcpl=plist)
-        if image.size:
-            dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, np.ascontiguousarray(image))
-        for key, value in (
-            (b"description", text.value(description)),
-            (b"namespace", self.namespace),
-            (b"neurodata_type", kind),
-            (b"object_id", text.value(str(uuid.uuid4()))),
-        ):
-            attribute = text.h5a.create(dataset, key, text.stored, text.scalar)
-            attribute.write(value, mtype=text.memory)
-            attribute.close()
-        dataset.close()
-
-    def read(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][()])
-
-    def set_order(self, image_names: list[str]) -> None:
-        """Rewrite ``order_of_images`` to list ``image_names`` (keeping its attributes)."""
-        h5py = self.h5py
-        old = self.group["order_of_images"]
-        attributes = {key: str(value) for key, value in old.attrs.items()}
-        del self.group["order_of_images"]
-        references = [h5py.h5r.create(self.group.id, name.encode(), h5py.h5r.OBJECT) for name in image_names]
-        order = self.group.create_dataset("order_of_images", data=np.array(references, dtype=h5py.ref_dtype))
-        self.text.set(order.id, attributes)
-
-
-@dataclass
-class DistinctImages:
-    """The distinct images of a scan as written: per Dataset trial the index of its image."""
-
-    image_of_trial: np.ndarray
-    image_ids: list[Any] = field(default_factory=list)
-    first_trial: list[int] = field(default_factory=list)
-    names: list[str] = field(default_factory=list)
-
-
-def write_distinct_images(
-    images: xr.DataArray,
-    image_ids: np.ndarray,
-    target: ImageGroup,
-    *,
-    channel_axis: int | None,
-    trial_labels: np.ndarray,
-    progress: bool = False,
-) -> DistinctImages:
-    """One pass over the image blocks, writing each distinct (image id, pixels) pair once into ``target``.
-
-    A trial whose id was seen before is compared byte for byte with the images already stored under
-    that id; an id that shows different pixels in different trials gets one image per variant
-    (``image_<id>``, ``image_<id>_v1``, ...). Images whose grey levels are all integers 0-255 are
-    stored as uint8 (exact: converting back gives the same bits), others in their own dtype.
-    """
-    def prepare(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        block = _storable_block(block, channel_axis)
-        return (block, *exact_as_uint8(block))
-
-    stream = BlockStream(images.data, prepare=prepare)  # the casts run in the background thread
-    distinct = DistinctImages(image_of_trial=np.empty(images.shape[0], dtype=np.int64))
-    variants: dict[Any, list[int]] = {}
-    bar = _progress_bar(progress, total=len(stream), desc="nwb: images")
-    try:
-        for first, (block, small, exact) in stream:
-            for offset in range(len(block)):
-                trial = first + offset
-                image = small[offset] if exact[offset] else block[offset]
-                image_id = image_ids[trial].item()
-                known = variants.setdefault(image_id, [])
-                match = next((k for k in known if _same_bytes(target.read(distinct.names[k]), image)), None)
-                if match is None:
-                    match = len(distinct.names)
-                    base = "image_" + re.sub(r"[/:]", "_", str(image_id))
-                    name = base if not known else f"{base}_v{len(known)}"
-                    target.add(name, image, f"frame_image_id {image_id} (first shown in trial {trial_labels[trial]})")
-                    known.append(match)
-                    distinct.image_ids.append(image_id)
-                    distinct.first_trial.append(trial)
-                    distinct.names.append(name)
-                distinct.image_of_trial[trial] = match
-            bar.update(1)
-    finally:
-        bar.close()
-    return distinct
-
-
-def _same_bytes(stored: np.ndarray, image: np.ndarray) -> bool:
-    if stored.dtype != image.dtype or stored.shape != image.shape:
-        return False
-    return stored.tobytes() == np.ascontiguousarray(image).tobytes()
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress_bar(enabled: bool, *, total: int, desc: str, unit: str = "block") -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1018,7 +663,7 @@ class NWBScanWriter:
         chunk = response_chunks(responses.shape)
         row_bytes = max(1, responses.shape[1] * responses.dtype.itemsize)
         buffer_rows = chunk[0] * max(1, (64 * 2**20) // (row_bytes * chunk[0]))
-        iterator = _iterator_class()(
+        iterator = iterator_class()(
             source,
             order,
             responses.dtype,
@@ -1063,7 +708,7 @@ class NWBScanWriter:
         path = self._scratch_path("responses.raw")
 
         def spill() -> SpilledRows:
-            bar = _progress_bar(self.options.progress, total=len(stream), desc="nwb: responses (reordering)")
+            bar = progress_bar(self.options.progress, total=len(stream), desc="nwb: responses (reordering)")
             try:
                 return SpilledRows(stream, path, on_block=lambda: bar.update(1))
             finally:
@@ -1165,7 +810,7 @@ class NWBScanWriter:
                 source = ForwardRows(BlockStream(variable.data))
                 shape = variable.shape
                 chunk = tuple(max(1, min(size, 512 if axis == 0 else size)) for axis, size in enumerate(shape))
-                iterator = _iterator_class()(source, None, variable.dtype, chunk_shape=chunk,
+                iterator = iterator_class()(source, None, variable.dtype, chunk_shape=chunk,
                                              buffer_shape=(chunk[0], *shape[1:]))  # fmt: skip
                 data: Any = H5DataIO(iterator, **compression_options(self.options, shuffle=True))
             else:

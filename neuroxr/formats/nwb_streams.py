@@ -1,0 +1,185 @@
+"""Streaming the big arrays of a scan into NWB: dask blocks computed ahead in a background thread,
+rows served in any order (forward, or spilled to a raw scratch file), and the hdmf data chunk
+iterator that feeds them to pynwb.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+def _whole_rows(array: Any) -> Any:
+    """The dask ``array`` with one chunk along every axis but the first."""
+    return array.rechunk({axis: -1 for axis in range(1, array.ndim)}) if array.ndim > 1 else array
+
+
+class BlockStream:
+    """The blocks of a dask array chunked along axis 0, computed in order, ``ahead`` of the reader.
+
+    The next block is computed in a background thread while the caller works on the current one.
+
+    >>> import dask.array as da
+    >>> [int(block.sum()) for _, block in BlockStream(da.arange(10, chunks=4))]
+    [6, 22, 17]
+    """
+
+    def __init__(self, array: Any, *, ahead: int = 1, prepare: Callable[[np.ndarray], Any] | None = None) -> None:
+        self.array = _whole_rows(array)
+        self.bounds = np.cumsum((0, *self.array.chunks[0]))
+        self.ahead = max(0, ahead)
+        self.prepare = prepare  # applied to each block in the background thread too
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def _compute(self, index: int) -> Any:
+        block = np.asarray(self.array.blocks[index].compute())
+        return block if self.prepare is None else self.prepare(block)
+
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb") as pool:
+            pending: list[Future[Any]] = []
+            submitted = 0
+            try:
+                for index in range(len(self)):
+                    while submitted < len(self) and submitted <= index + self.ahead:
+                        pending.append(pool.submit(self._compute, submitted))
+                        submitted += 1
+                    yield int(self.bounds[index]), pending.pop(0).result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+
+class ForwardRows:
+    """Row ranges of a :class:`BlockStream`, asked for in increasing order (each block read once)."""
+
+    def __init__(self, stream: BlockStream) -> None:
+        self.shape = tuple(int(size) for size in stream.array.shape)
+        self._blocks = iter(stream)
+        self._held: list[tuple[int, np.ndarray]] = []
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        self._held = [(first, block) for first, block in self._held if first + len(block) > start]
+        while not self._held or self._held[-1][0] + len(self._held[-1][1]) < stop:
+            self._held.append(next(self._blocks))
+        if self._held[0][0] > start:
+            raise RuntimeError(f"rows are read forward only: row {start} was already released")
+        parts = [
+            block[max(start - first, 0) : min(stop - first, len(block))]
+            for first, block in self._held
+            if first < stop and first + len(block) > start
+        ]
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+class SpilledRows:
+    """A dask array copied block by block to a raw scratch file, then read back rows in any order."""
+
+    def __init__(self, stream: BlockStream, path: Path, *, on_block: Callable[[], None] | None = None) -> None:
+        self.path = Path(path)
+        self.shape = tuple(int(size) for size in stream.array.shape)
+        self.dtype = np.dtype(stream.array.dtype)
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._fd = -1
+        try:
+            with open(self.path, "wb") as file:
+                for _, block in stream:
+                    file.write(np.ascontiguousarray(block, dtype=self.dtype).data)
+                    if on_block is not None:
+                        on_block()
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except BaseException:
+            self.close()
+            raise
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (any order) as a new array."""
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        if self.row_bytes == 0:
+            return out
+        flat = out.reshape(len(rows), -1).view(np.uint8)
+        for position, row in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+            if os.preadv(self._fd, [flat[position]], row * self.row_bytes) != self.row_bytes:
+                raise OSError(f"{self.path}: short read of row {row}")
+        return out
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.path.unlink(missing_ok=True)
+
+
+class BackgroundRows:
+    """A row source built in a background thread (a spill), waited for when rows are first asked for."""
+
+    def __init__(self, make: Callable[[], Any], shape: tuple[int, ...]) -> None:
+        self.shape = shape
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb-spill")
+        self._future = self._pool.submit(make)
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return self._future.result().get(rows)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self._future.exception() is None:
+            self._future.result().close()
+
+
+@functools.cache
+def iterator_class() -> type:
+    """The hdmf iterator class, defined on first use (hdmf is a heavy import)."""
+    from hdmf.data_utils import GenericDataChunkIterator
+
+    class RowsIterator(GenericDataChunkIterator):
+        """hdmf iterator over a 2-D (or n-D) array whose rows come from a row source, in ``order``."""
+
+        def __init__(self, source: Any, order: np.ndarray | None, dtype: np.dtype, **kwargs: Any) -> None:
+            self._source = source
+            self._order = order
+            self._shape = source.shape
+            self._dtype_value = np.dtype(dtype)
+            super().__init__(**kwargs)
+
+        def _get_data(self, selection: tuple[slice, ...]) -> np.ndarray:
+            first = selection[0]
+            rows = np.arange(first.start or 0, first.stop)
+            if self._order is not None:
+                rows = self._order[rows]
+            data = self._source.get(rows)
+            return np.ascontiguousarray(data[(slice(None), *selection[1:])], dtype=self._dtype_value)
+
+        def _get_maxshape(self) -> tuple[int, ...]:
+            return self._shape
+
+        def _get_dtype(self) -> np.dtype:
+            return self._dtype_value
+
+    return RowsIterator
+
+
+class _NoBar:
+    """A progress bar that shows nothing."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress_bar(enabled: bool, *, total: int, desc: str, unit: str = "block") -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit)
