@@ -15,6 +15,7 @@ import xarray as xr
 from xarray.core import indexing
 
 from neuroxr import model
+from neuroxr.errors import ScanError
 from neuroxr.layout import ScanLayout
 from neuroxr.lazy import TrialReader, TrialStackArray
 from neuroxr.lazy import trials_per_chunk as default_trials_per_chunk
@@ -104,8 +105,6 @@ def _statistics(layout: ScanLayout, variable: str, per_trial_dims: tuple[str, ..
             if array is None:
                 continue
             if array.shape != trailing:
-                from neuroxr.errors import ScanError
-
                 relative = model.statistics_file(variable, subset, stat)
                 raise ScanError(layout.source.label(relative), f"shape {array.shape} differs from {trailing} of the other statistics")
             values[i, j] = array

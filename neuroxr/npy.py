@@ -75,9 +75,7 @@ def parse_header(prefix: bytes, name: str) -> NpyHeader:
 
 def load_array(data: bytes, name: str) -> np.ndarray:
     """Decode a whole .npy file held in memory, never unpickling; errors name the file."""
-    header = parse_header(data[:HEADER_PROBE], name) if len(data) < HEADER_PROBE else None
-    if header is None:
-        header = parse_header(data, name)
+    header = parse_header(data, name)
     if len(data) < header.file_bytes:
         raise ScanError(
             name,
