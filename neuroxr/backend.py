@@ -16,18 +16,16 @@ from xarray.backends import BackendEntrypoint
 
 from neuroxr.dataset import build_dataset
 from neuroxr.layout import read_layout
+from neuroxr.source import is_scan_folder, scan_folders_in
 
 
 def looks_like_scan(path: str | os.PathLike[str]) -> bool:
-    """Cheap test: a folder with ``data/`` and ``meta/`` (itself or one level down), a .zip archive, a .zip URL."""
+    """Cheap test: a scan folder, a folder holding exactly one, a .zip archive, a .zip URL."""
     if "://" in os.fspath(path):
         return os.fspath(path).lower().endswith(".zip")
     path = Path(path)
     if path.is_dir():
-        if (path / "data").is_dir() and (path / "meta").is_dir():
-            return True
-        children = [child for child in path.iterdir() if child.is_dir()]
-        return len(children) == 1 and (children[0] / "data").is_dir() and (children[0] / "meta").is_dir()
+        return is_scan_folder(path) or len(scan_folders_in(path)) == 1
     return path.suffix.lower() == ".zip" and path.is_file() and zipfile.is_zipfile(path)
 
 

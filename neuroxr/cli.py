@@ -65,7 +65,7 @@ def _info(args: argparse.Namespace) -> int:
 
     opened = neuroxr.open(args.path)
     if hasattr(opened, "children"):
-        for name, child in opened.children.items():
+        for child in opened.children.values():
             _print(describe(child.to_dataset()), "")
     else:
         _print(describe(opened))

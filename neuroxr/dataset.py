@@ -68,7 +68,7 @@ def _label_coords(dims: Iterable[str], sizes: Mapping[str, int]) -> dict[str, np
 
 
 def _meta_coords(
-    layout: ScanLayout, directory: str, arrays: Mapping[str, np.ndarray], dim: str, renames: Mapping[str, str], taken: set[str]
+    directory: str, arrays: Mapping[str, np.ndarray], dim: str, renames: Mapping[str, str], taken: set[str]
 ) -> dict[str, xr.Variable]:
     coords = {}
     for stem, array in arrays.items():
@@ -157,11 +157,11 @@ def build_dataset(
     neurons = dict(layout.neurons)
     unit_ids = neurons.pop(model.NEURON_INDEX_FILE)
     sizes["neuron"] = len(unit_ids)
-    neuron_coords = _meta_coords(layout, model.NEURONS_DIR, neurons, "neuron", model.NEURON_RENAMES, set())
+    neuron_coords = _meta_coords(model.NEURONS_DIR, neurons, "neuron", model.NEURON_RENAMES, set())
     taken = set(neuron_coords) | set(data_vars) | set(model.DATA_VARIABLES) | set(sizes) | {"subset", "statistic", "space"}
     trial_meta = dict(layout.trials)
     ordered = {stem: trial_meta.pop(stem) for stem in ("tiers", "frame_image_id", "trial_idx") if stem in trial_meta}
-    trial_coords = _meta_coords(layout, model.TRIALS_DIR, {**ordered, **trial_meta}, "trial", model.TRIAL_RENAMES, taken)
+    trial_coords = _meta_coords(model.TRIALS_DIR, {**ordered, **trial_meta}, "trial", model.TRIAL_RENAMES, taken)
     trial_coords[model.WITHHELD_COORD] = xr.Variable(
         "trial", withheld_rows, {"long_name": model.WITHHELD_LONG_NAME}
     )

@@ -91,12 +91,11 @@ def _trial_count(source: Source, folder: str, names: list[str]) -> int:
     return len(numbers)
 
 
-def _read_header(source: Source, variable: str) -> NpyHeader:
-    relative = model.trial_file(variable, 0)
-    series = source.series(f"{model.DATA_DIR}/{variable}", 1, ".npy")
+def _read_header(series: Series) -> NpyHeader:
+    """The header of a series' file 0."""
     buffer = bytearray(HEADER_PROBE)
     got = series.readinto(0, [memoryview(buffer)])
-    return parse_header(bytes(buffer[:got]), source.label(relative))
+    return parse_header(bytes(buffer[:got]), series.label(0))
 
 
 def _check_length(source: Source, relative: str, array: np.ndarray, expected: int, what: str) -> None:
@@ -134,10 +133,8 @@ def read_layout(path: str | os.PathLike[str] | Source, storage_options: dict | N
         raise ScanError(source.label(model.DATA_DIR), "the data folders hold no trial files")
 
     ordered = [name for name in model.DATA_VARIABLES if name in counts] + sorted(set(counts) - set(model.DATA_VARIABLES))
-    variables = {
-        name: TrialVariable(name, source.series(f"{model.DATA_DIR}/{name}", n_trials, ".npy"), _read_header(source, name))
-        for name in ordered
-    }
+    series = {name: source.series(f"{model.DATA_DIR}/{name}", n_trials, ".npy") for name in ordered}
+    variables = {name: TrialVariable(name, series[name], _read_header(series[name])) for name in ordered}
 
     meta_files = sorted(
         f"{folder}/{name}"

@@ -88,9 +88,19 @@ def load_array(data: bytes, name: str) -> np.ndarray:
         raise ScanError(name, f"cannot decode .npy ({error})") from error
 
 
-def header_bytes(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
-    """The header ``np.save`` writes for an array of this dtype and shape (C order)."""
+def header_bytes(dtype: np.dtype | str, shape: tuple[int, ...]) -> bytes:
+    """The header ``np.save`` writes for an array of this dtype and shape (magic, version, dict).
+
+    >>> header_bytes("<f4", (3,))[:6]
+    b'\\x93NUMPY'
+    """
+    dtype = np.dtype(dtype)
+    data = file_bytes(np.zeros(shape, dtype=dtype))
+    return data[: len(data) - dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
+
+
+def file_bytes(array: np.ndarray) -> bytes:
+    """The bytes of ``np.save(file, array)``."""
     stream = io.BytesIO()
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
-    np.lib.format._write_array_header(stream, header, None)
+    np.save(stream, array, allow_pickle=False)
     return stream.getvalue()

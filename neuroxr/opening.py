@@ -14,13 +14,9 @@ import xarray as xr
 
 from neuroxr import model
 from neuroxr.errors import ScanError
-from neuroxr.source import is_ignored
+from neuroxr.source import is_ignored, is_scan_folder, scan_folders_in
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
-
-
-def _is_scan_folder(path: Path) -> bool:
-    return (path / "data").is_dir() and (path / "meta").is_dir()
 
 
 def scan_paths(folder: str | os.PathLike[str]) -> list[Path]:
@@ -30,12 +26,12 @@ def scan_paths(folder: str | os.PathLike[str]) -> list[Path]:
     taken from the folder, which reads faster.
     """
     folder = Path(folder)
-    if _is_scan_folder(folder):
+    if is_scan_folder(folder):
         return [folder]
     if not folder.is_dir():
         raise ScanError(folder, "not a folder of scans")
     entries = sorted(child for child in folder.iterdir() if not is_ignored(child.name))
-    folders = [child for child in entries if child.is_dir() and _is_scan_folder(child)]
+    folders = scan_folders_in(folder)
     names = {child.name for child in folders}
     archives = [child for child in entries if child.suffix.lower() == ".zip" and child.is_file() and child.stem not in names]
     found = sorted(folders + archives, key=lambda path: path.name)
@@ -103,13 +99,13 @@ def open(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.Data
         from neuroxr.formats.zarr import open_zarr
 
         return open_zarr(path, **kwargs)
-    if suffix == ".nwb" or (path.is_dir() and any(path.glob("*.nwb")) and not _is_scan_folder(path)):
+    if suffix == ".nwb" or (path.is_dir() and any(path.glob("*.nwb")) and not is_scan_folder(path)):
         from neuroxr.formats.nwb import open_nwb
 
         return open_nwb(path, **kwargs)
     if not path.exists():
         raise ScanError(path, "no such file or folder")
-    if path.is_dir() and not _is_scan_folder(path):
+    if path.is_dir() and not is_scan_folder(path):
         found = scan_paths(path)
         if len(found) > 1:
             return open_datatree(found, **kwargs)  # type: ignore[arg-type]

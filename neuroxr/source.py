@@ -299,8 +299,14 @@ class ZipSource:
 # -- opening ---------------------------------------------------------------------------------------
 
 
-def _is_scan_root(names: set[str] | list[str]) -> bool:
-    return "data" in names and "meta" in names
+def is_scan_folder(path: Path) -> bool:
+    """A folder holding a scan: ``data/`` and ``meta/`` side by side."""
+    return (path / "data").is_dir() and (path / "meta").is_dir()
+
+
+def scan_folders_in(path: Path) -> list[Path]:
+    """The scan folders directly inside ``path``, sorted by name."""
+    return sorted(child for child in path.iterdir() if not is_ignored(child.name) and child.is_dir() and is_scan_folder(child))
 
 
 def _zip_roots(names: list[str]) -> set[str]:
@@ -343,21 +349,16 @@ def open_zip(path: str | os.PathLike[str]) -> ZipSource:
 
 def find_scan_folder(path: Path) -> Path:
     """The scan folder at ``path``: itself, or the single scan folder inside it."""
-    children = {child.name for child in path.iterdir()}
-    if _is_scan_root(children):
+    if is_scan_folder(path):
         return path
-    candidates = [
-        path / name
-        for name in sorted(children)
-        if not is_ignored(name) and (path / name).is_dir() and _is_scan_root({c.name for c in (path / name).iterdir()})
-    ]
+    candidates = scan_folders_in(path)
     if len(candidates) == 1:
         return candidates[0]
     if candidates:
         raise ScanError(
             path, f"holds {len(candidates)} scans; open one of them, or all with neuroxr.open_datatree"
         )
-    missing = [part for part in ("data", "meta") if part not in children]
+    missing = [part for part in ("data", "meta") if not (path / part).is_dir()]
     raise ScanError(path, f"not a Sensorium scan: no {' or '.join(p + '/' for p in missing)} folder here or one level down")
 
 

@@ -16,6 +16,7 @@ from neuroxr.errors import TargetExistsError
 from neuroxr.formats import folder
 from neuroxr.formats._atomic import TEMP_MARKER
 from neuroxr.formats.folder import to_folder
+from neuroxr.npy import header_bytes
 from neuroxr.synthetic import make_scan
 
 SMALL = {"n_trials": 30, "n_neurons": 9, "image_shape": (1, 6, 10), "chunk_trials": 12}
@@ -241,7 +242,7 @@ def test_progress_and_argument_errors(scan, tmp_path, capsys):
 def test_npy_header_matches_np_save():
     for dtype, shape in (("<f4", (1, 144, 256)), ("<f4", ()), ("<u2", (7,)), ("<U32", (3,)), (">f8", (2, 3))):
         array = np.zeros(shape, dtype=dtype)
-        assert folder.npy_header(dtype, shape) + array.tobytes() == saved(array)
+        assert header_bytes(dtype, shape) + array.tobytes() == saved(array)
 
 
 needs_reader = pytest.mark.skipif(

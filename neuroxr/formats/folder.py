@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import io
 import itertools
 import os
 import time
@@ -30,13 +29,14 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import xarray as xr
 
 from neuroxr import model
 from neuroxr.formats._atomic import atomic_target, refuse_to_overwrite_source
+from neuroxr.npy import file_bytes, header_bytes
 
 #: Trials per written block when the Dataset is not chunked: about this many bytes per block.
 BLOCK_BYTES = 64 * 2**20
@@ -66,26 +66,6 @@ _NEURON_FALLBACK = {
 # --------------------------------------------------------------------------------------------
 # Format logic: .npy bytes and the two kinds of target (no xarray here)
 # --------------------------------------------------------------------------------------------
-def npy_header(dtype: np.dtype[Any] | str, shape: tuple[int, ...]) -> bytes:
-    """The header ``np.save`` writes for an array of this dtype and shape (magic, version, dict).
-
-    >>> npy_header("<f4", (3,))[:6]
-    b'\\x93NUMPY'
-    """
-    dtype = np.dtype(dtype)
-    buffer = io.BytesIO()
-    np.save(buffer, np.zeros(shape, dtype=dtype), allow_pickle=False)
-    data = buffer.getvalue()
-    return data[: len(data) - dtype.itemsize * int(np.prod(shape, dtype=np.int64))]
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    """The bytes of ``np.save(file, array)``."""
-    buffer = io.BytesIO()
-    np.save(buffer, array, allow_pickle=False)
-    return buffer.getvalue()
-
-
 class _Sink(Protocol):
     def mkdir(self, relative: str) -> None: ...
     def write(self, relative: str, *parts: bytes | memoryview) -> None: ...
@@ -282,7 +262,7 @@ def _data_files(ds: xr.Dataset) -> list[_DataFiles]:
                 name=name,
                 variable=variable,
                 folder=str(ds[name].attrs.get(model.FILE_ATTR, f"{model.DATA_DIR}/{name}")),
-                header=npy_header(variable.dtype, variable.shape[1:]),
+                header=header_bytes(variable.dtype, variable.shape[1:]),
                 zero_rows=zero_rows,
                 zero_nan=zero_nan,
             )
@@ -351,7 +331,7 @@ def _write_scan(ds: xr.Dataset, sink: _Sink, progress: bool, description: str) -
     for folder in sorted({path.rsplit("/", 1)[0] for path in arrays} | {data_files.folder for data_files in plan}):
         sink.mkdir(folder)
     for path, array in arrays.items():
-        sink.write(path, npy_bytes(array))
+        sink.write(path, file_bytes(array))
     blocks = _trial_blocks(plan)
     block_bytes = max((stop - start) * sum(files.bytes_per_trial for files in plan) for start, stop in blocks or [(0, 0)])
     parallel = max(1, min(os.cpu_count() or 1, MAX_PARALLEL_BLOCKS, BYTES_IN_FLIGHT // max(block_bytes, 1)))

@@ -17,6 +17,7 @@ from typing import Any
 import xarray as xr
 
 from neuroxr.formats._atomic import atomic_target, refuse_to_overwrite_source
+from neuroxr.formats._encoding import sources
 
 #: The JSON document that maps the file back onto the Dataset: /scratch/<LAYOUT_NAME>.
 LAYOUT_NAME = "neuroxr_layout"
@@ -35,12 +36,6 @@ IMAGES_PATH = f"stimulus/templates/{IMAGES}"
 PRESENTATION = "StimulusPresentation"
 PRESENTATION_PATH = f"stimulus/presentation/{PRESENTATION}"
 BEHAVIOR_PATH = "processing/behavior"
-
-
-def _sources(data: xr.Dataset | xr.DataTree) -> list[str]:
-    from neuroxr.formats._encoding import sources
-
-    return sources(data)
 
 
 def to_nwb(
@@ -87,7 +82,7 @@ def to_nwb(
         progress=progress,
     )
     target = Path(path)
-    refuse_to_overwrite_source(_sources(data), target)
+    refuse_to_overwrite_source(sources(data), target)
     if isinstance(data, xr.DataTree):
         scans = _tree_scans(data)
         root_attrs = {str(key): value for key, value in data.attrs.items()}
