@@ -14,17 +14,21 @@ from pathlib import Path
 SECTIONS = [
     ("Opening", "neuroxr", ["open_scan", "open", "open_datatree"]),
     ("Writing", "neuroxr", ["to_netcdf", "to_zarr", "to_nwb", "to_folder"]),
-    ("Reading what neuroxr wrote", "neuroxr", ["open_nwb"]),
-    ("Analysis", "neuroxr", ["standardize"]),
+    ("Reading what neuroxr wrote", "neuroxr", ["open_netcdf", "open_zarr", "open_nwb"]),
+    ("Analysis", "neuroxr", ["standardize", "train_statistics"]),
     (
         "Metrics (`neuroxr.metrics`)",
         "neuroxr.metrics",
-        ["single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation", "summary", "select_tier"],
+        ["single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation", "leaderboard", "select_tier"],
     ),
+    ("Looking at a scan", "neuroxr", ["describe", "summary_figure"]),
     ("Synthetic scans (`neuroxr.synthetic`)", "neuroxr.synthetic", ["make_scan", "write_scan"]),
-    ("Plotting (`neuroxr.plot`)", "neuroxr.plot", ["summary_figure"]),
     ("The xarray backend (`neuroxr.backend`)", "neuroxr.backend", ["SensoriumBackendEntrypoint"]),
-    ("Errors", "neuroxr", ["ScanError", "TargetExistsError"]),
+    (
+        "Errors",
+        "neuroxr",
+        ["NeuroxrError", "ScanError", "DatasetError", "TargetExistsError", "SourceOverwriteError", "MissingExtraError"],
+    ),
 ]
 
 PAGE = Path(__file__).with_name("api.md")

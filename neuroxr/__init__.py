@@ -1,8 +1,8 @@
 """neuroxr: the Sensorium mouse visual cortex data as lazy, labelled xarray Datasets.
 
 >>> import neuroxr
->>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
->>> neuroxr.to_netcdf(ds, "21067-10-18.nc")  # doctest: +SKIP
+>>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True))
+>>> path = neuroxr.to_netcdf(ds, tmp / "30001-2-3.nc")
 
 Public functions are imported on first use, so ``import neuroxr`` stays fast.
 """
@@ -12,48 +12,68 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from neuroxr.errors import ScanError, TargetExistsError
+from neuroxr.errors import (
+    DatasetError,
+    MissingExtraError,
+    NeuroxrError,
+    ScanError,
+    SourceOverwriteError,
+    TargetExistsError,
+)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-#: public name -> module that defines it
+#: public name -> (module that defines it, name there)
 _EXPORTS = {
-    "open_scan": "neuroxr.dataset",
-    "open_datatree": "neuroxr.opening",
-    "open": "neuroxr.opening",
-    "to_folder": "neuroxr.formats.folder",
-    "to_netcdf": "neuroxr.formats.netcdf",
-    "open_netcdf": "neuroxr.formats.netcdf",
-    "to_zarr": "neuroxr.formats.zarr",
-    "open_zarr": "neuroxr.formats.zarr",
-    "to_nwb": "neuroxr.formats.nwb",
-    "open_nwb": "neuroxr.formats.nwb",
-    "standardize": "neuroxr.standardization",
-    "train_statistics": "neuroxr.standardization",
-    "write_scan": "neuroxr.synthetic",
-    "make_scan": "neuroxr.synthetic",
+    "open_scan": ("neuroxr.opening", "open_scan"),
+    "open_datatree": ("neuroxr.opening", "open_datatree"),
+    "open": ("neuroxr.opening", "open_any"),
+    "to_folder": ("neuroxr.formats.release", "to_folder"),
+    "to_netcdf": ("neuroxr.formats.netcdf", "to_netcdf"),
+    "open_netcdf": ("neuroxr.formats.netcdf", "open_netcdf"),
+    "to_zarr": ("neuroxr.formats.zarr", "to_zarr"),
+    "open_zarr": ("neuroxr.formats.zarr", "open_zarr"),
+    "to_nwb": ("neuroxr.formats.nwb", "to_nwb"),
+    "open_nwb": ("neuroxr.formats.nwb", "open_nwb"),
+    "standardize": ("neuroxr.analysis.standardization", "standardize"),
+    "train_statistics": ("neuroxr.analysis.standardization", "train_statistics"),
+    "write_scan": ("neuroxr.synthetic", "write_scan"),
+    "make_scan": ("neuroxr.synthetic", "make_scan"),
+    "describe": ("neuroxr.views.describe", "describe"),
+    "summary_figure": ("neuroxr.views.plot", "summary_figure"),
 }
-_SUBMODULES = ("metrics", "synthetic", "model")
+#: public submodule -> the module it is
+_SUBMODULES = {
+    "metrics": "neuroxr.analysis.metrics",
+    "synthetic": "neuroxr.synthetic",
+    "datamodel": "neuroxr.datamodel",
+    "model": "neuroxr.model",  # deprecated alias of datamodel
+}
+_ERRORS = ["DatasetError", "MissingExtraError", "NeuroxrError", "ScanError", "SourceOverwriteError", "TargetExistsError"]
 
-__all__ = ["ScanError", "TargetExistsError", "__version__", *_EXPORTS, *_SUBMODULES]
+__all__ = [*_ERRORS, "__version__", *_EXPORTS, *(name for name in _SUBMODULES if name != "model")]
 
 if TYPE_CHECKING:
-    from neuroxr import metrics, model, synthetic
-    from neuroxr.dataset import open_scan
-    from neuroxr.formats.folder import to_folder
+    from neuroxr import datamodel, synthetic
+    from neuroxr.analysis import metrics
+    from neuroxr.analysis.standardization import standardize, train_statistics
     from neuroxr.formats.netcdf import open_netcdf, to_netcdf
     from neuroxr.formats.nwb import open_nwb, to_nwb
+    from neuroxr.formats.release import to_folder
     from neuroxr.formats.zarr import open_zarr, to_zarr
-    from neuroxr.opening import open, open_datatree
-    from neuroxr.standardization import standardize, train_statistics
+    from neuroxr.opening import open_any as open
+    from neuroxr.opening import open_datatree, open_scan
     from neuroxr.synthetic import make_scan, write_scan
+    from neuroxr.views.describe import describe
+    from neuroxr.views.plot import summary_figure
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        module, attribute = _EXPORTS[name]
+        value = getattr(importlib.import_module(module), attribute)
     elif name in _SUBMODULES:
-        value = importlib.import_module(f"neuroxr.{name}")
+        value = importlib.import_module(_SUBMODULES[name])
     else:
         raise AttributeError(f"module 'neuroxr' has no attribute {name!r}")
     globals()[name] = value

@@ -1,4 +1,4 @@
-"""The xarray backend: ``xr.open_dataset(path, engine="sensorium")`` opens a scan folder or .zip.
+"""The xarray backend: ``xr.open_dataset(path, engine="sensorium")`` opens a scan folder, .zip or URL.
 
 Small glue over :func:`neuroxr.layout.read_layout` and :func:`neuroxr.dataset.build_dataset`.
 """
@@ -6,34 +6,24 @@ Small glue over :func:`neuroxr.layout.read_layout` and :func:`neuroxr.dataset.bu
 from __future__ import annotations
 
 import os
-import zipfile
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, ClassVar
 
 import xarray as xr
 from xarray.backends import BackendEntrypoint
 
-from neuroxr.dataset import build_dataset
+from neuroxr.dataset import build_dataset, tree_of
 from neuroxr.layout import read_layout
-from neuroxr.source import is_scan_folder, scan_folders_in
-
-
-def looks_like_scan(path: str | os.PathLike[str]) -> bool:
-    """Cheap test: a scan folder, a folder holding exactly one, a .zip archive, a .zip URL."""
-    if "://" in os.fspath(path):
-        return os.fspath(path).lower().endswith(".zip")
-    path = Path(path)
-    if path.is_dir():
-        return is_scan_folder(path) or len(scan_folders_in(path)) == 1
-    return path.suffix.lower() == ".zip" and path.is_file() and zipfile.is_zipfile(path)
+from neuroxr.layout.discover import looks_like_scan, scan_paths
 
 
 class SensoriumBackendEntrypoint(BackendEntrypoint):
-    """Open one Sensorium 2022 scan (folder or .zip) as the neuroxr data model.
+    """Open one Sensorium scan (folder, .zip or URL) as the neuroxr data model.
 
     >>> import xarray as xr
-    >>> ds = xr.open_dataset("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip", engine="sensorium")  # doctest: +SKIP
+    >>> ds = xr.open_dataset(neuroxr.write_scan(tmp / "scan.zip", zip=True), engine="sensorium", chunks={})
+    >>> ds.responses.sizes["trial"]
+    240
     """
 
     description = "Sensorium mouse visual cortex scans (folder or .zip of per-trial .npy files)"
@@ -75,8 +65,6 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         mask_withheld: bool = True,
     ) -> dict[str, xr.Dataset]:
         """A folder of scans as ``{"/": attrs only, "/<scan key>": scan, ...}``."""
-        from neuroxr.opening import scan_paths, tree_of
-
         scans = {}
         for path in scan_paths(os.fspath(filename_or_obj)):
             ds = self.open_dataset(path, drop_variables=drop_variables, mask_withheld=mask_withheld)

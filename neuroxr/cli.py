@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuroxr.errors import ScanError, TargetExistsError
+from neuroxr.errors import NeuroxrError, ScanError
 
 
 def _print(*lines: str) -> None:
@@ -26,9 +26,9 @@ def _demo(args: argparse.Namespace) -> int:
     import numpy as np
 
     import neuroxr
-    from neuroxr.formats.folder import to_folder
-    from neuroxr.summary import describe
+    from neuroxr.formats.release import to_folder
     from neuroxr.synthetic import make_scan
+    from neuroxr.views.describe import describe
 
     target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
@@ -61,7 +61,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     import neuroxr
-    from neuroxr.summary import describe
+    from neuroxr.views.describe import describe
 
     opened = neuroxr.open(args.path)
     if hasattr(opened, "children"):
@@ -75,7 +75,8 @@ def _info(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from neuroxr.layout import check_files, read_layout
+    from neuroxr.layout import read_layout
+    from neuroxr.layout.check import check_files
 
     try:
         layout = read_layout(args.path)
@@ -117,7 +118,7 @@ def _convert(args: argparse.Namespace) -> int:
 
         written = to_nwb(obj, dest, overwrite=args.overwrite, progress=not args.quiet)
     elif kind in ("folder", "zip"):
-        from neuroxr.formats.folder import to_folder
+        from neuroxr.formats.release import to_folder
 
         if hasattr(obj, "children"):
             raise SystemExit("neuroxr: convert to the release layout takes one scan, not a folder of scans")
@@ -140,7 +141,7 @@ def _kind_of(dest: Path) -> str:
 
 def _plot(args: argparse.Namespace) -> int:
     import neuroxr
-    from neuroxr.plot import summary_figure
+    from neuroxr.views.plot import summary_figure
 
     figure = summary_figure(neuroxr.open(args.path))
     figure.savefig(args.output, dpi=args.dpi)
@@ -190,12 +191,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ScanError, TargetExistsError, FileNotFoundError, PermissionError) as error:
+    except (NeuroxrError, FileNotFoundError, PermissionError) as error:  # MissingExtraError among them
         print(f"neuroxr: {error}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as error:
-        extra = {"matplotlib": "plot", "zarr": "zarr", "nwbinspector": "inspect", "fsspec": "remote"}.get(error.name or "", "all")
-        print(f"neuroxr: {error.name} is needed for this; pip install 'neuroxr[{extra}]'", file=sys.stderr)
         return 2
 
 

@@ -1,13 +1,35 @@
-"""The errors neuroxr raises: each names the file and says what was expected and what was found."""
+"""The errors neuroxr raises. Every one derives from :class:`NeuroxrError`.
+
+Each names where the problem is and says what was expected and what was found:
+
+- :class:`ScanError`: a scan, or one file or member of it, is not what the Sensorium layout requires;
+- :class:`DatasetError`: a Dataset handed to neuroxr lacks what the operation needs (no file is at fault);
+- :class:`TargetExistsError`: an export target exists and overwriting was not asked for;
+- :class:`SourceOverwriteError`: an export would write over the data it reads;
+- :class:`MissingExtraError`: an optional dependency is not installed; it names the extra to install.
+
+Each also derives from the builtin exception a caller would have caught before (``ValueError``,
+``FileExistsError``, ``ModuleNotFoundError``), so existing ``except`` clauses keep working.
+"""
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
 
-class ScanError(ValueError):
+
+class NeuroxrError(Exception):
+    """Base of every error neuroxr raises on purpose."""
+
+
+class ScanError(NeuroxrError, ValueError):
     """A scan (or a file in it) is not what the Sensorium layout requires.
 
     ``path`` is the offending file or folder, as the user would find it (for a member of a
     .zip: ``archive.zip::member``).
+
+    >>> str(ScanError("scan/data/responses/3.npy", "truncated"))
+    'scan/data/responses/3.npy: truncated'
     """
 
     def __init__(self, path: object, problem: str) -> None:
@@ -16,9 +38,44 @@ class ScanError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
-class TargetExistsError(FileExistsError):
+class DatasetError(NeuroxrError, ValueError):
+    """A Dataset lacks what an operation needs (a variable, a coordinate, a dimension)."""
+
+
+class TargetExistsError(NeuroxrError, FileExistsError):
     """An export target already exists and ``overwrite=True`` was not given."""
 
     def __init__(self, path: object) -> None:
         super().__init__(f"{path}: already exists; pass overwrite=True to replace it")
         self.path = str(path)
+
+
+class SourceOverwriteError(NeuroxrError, ValueError):
+    """An export target is, holds, or lies inside the data being exported."""
+
+    def __init__(self, target: object, source: object) -> None:
+        super().__init__(f"{target}: refusing to write over the data being exported ({source}); choose another target")
+        self.path = str(target)
+        self.source = str(source)
+
+
+class MissingExtraError(NeuroxrError, ModuleNotFoundError):
+    """An optional dependency is missing; ``extra`` is the neuroxr extra that installs it."""
+
+    def __init__(self, module: str, extra: str, purpose: str) -> None:
+        super().__init__(f"{purpose} needs {module}: pip install 'neuroxr[{extra}]'", name=module)
+        self.extra = extra
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or raise :class:`MissingExtraError` naming the extra.
+
+    >>> require("json", "all", "reading JSON").__name__
+    'json'
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is not None and error.name != module and not module.startswith(f"{error.name}."):
+            raise  # the package is there but one of its own dependencies is not: show that
+        raise MissingExtraError(module.split(".")[0], extra, purpose) from error

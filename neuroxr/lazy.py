@@ -1,9 +1,10 @@
-"""Lazy arrays: a variable's trial files read a block at a time, as an xarray ``BackendArray``.
+"""Step 3 of the read path: a variable's trial files read a block at a time, as an xarray ``BackendArray``.
 
 Inside a block the header of file 0 is known; each file's header bytes are compared with it and its
-payload is read straight into the output array (one ``preadv`` per file on a folder). A file whose
-header differs is decoded with a pickle-free ``np.load`` and accepted only if it holds the same shape
-and type. Withheld cells are set to NaN here, so masking stays lazy.
+payload is read straight into the output array (one ``preadv`` per file on a folder; a remote
+source fetches the block in one batch). A file whose header differs is decoded with a pickle-free
+``np.load`` and accepted only if it holds the same shape and type. Withheld cells are set to NaN
+here, so masking stays lazy.
 """
 
 from __future__ import annotations
@@ -14,15 +15,7 @@ from xarray.core import indexing
 
 from neuroxr.errors import ScanError
 from neuroxr.npy import NpyHeader, load_array
-from neuroxr.source import Series
-
-#: Default dask chunk size along ``trial``, in bytes of the largest variable.
-CHUNK_BYTES = 64 * 2**20
-
-
-def trials_per_chunk(bytes_per_trial: int, n_trials: int, target: int = CHUNK_BYTES) -> int:
-    """Trials per dask chunk so that one chunk of the largest variable holds about ``target`` bytes."""
-    return int(max(1, min(n_trials, target // max(1, bytes_per_trial))))
+from neuroxr.sources import Series
 
 
 class TrialReader:
@@ -39,51 +32,45 @@ class TrialReader:
 
     def read(self, trials: np.ndarray) -> np.ndarray:
         """Stack the files of ``trials`` (file numbers, any order, repeats allowed)."""
+        trials = np.asarray(trials, dtype=np.int64)
+        numbers, where = np.unique(trials, return_inverse=True)
         out = np.empty((len(trials), *self.header.shape), dtype=self.stored_dtype)
-        if hasattr(self.series, "fetch"):
-            self._fill_fetched(trials, out)
-        else:
-            self._fill_read(trials, out)
+        if len(numbers) == len(trials) and np.all(numbers == trials):
+            self._fill(numbers, out)
+        else:  # repeats or another order: read each file once, then place the rows
+            distinct = np.empty((len(numbers), *self.header.shape), dtype=self.stored_dtype)
+            self._fill(numbers, distinct)
+            np.take(distinct, where.ravel(), axis=0, out=out)
         if self.dtype != self.stored_dtype:
             out = out.astype(self.dtype)
         if self.masked_trials is not None:
             out[self.masked_trials[trials]] = np.nan
         return out
 
-    def _fill_read(self, trials: np.ndarray, out: np.ndarray) -> None:
-        """Local files: each file's header and payload read in one call, the payload straight into ``out``."""
+    def _fill(self, numbers: np.ndarray, out: np.ndarray) -> None:
+        """Each file's header and payload read in one call, the payload straight into its row of ``out``."""
         expected = self.header.raw
-        header_buffer = bytearray(len(expected))
-        header_view = memoryview(header_buffer)
-        wanted, size = self.header.file_bytes, self.header.payload_bytes
-        payloads = memoryview(out).cast("B") if out.size else memoryview(b"")
-        readinto = self.series.readinto
-        for row, number in enumerate(trials.tolist()):
-            if self.fast:
-                try:
-                    got = readinto(number, [header_view, payloads[row * size : (row + 1) * size]])
-                except FileNotFoundError as error:
-                    raise ScanError(self.series.label(number), "missing (was the scan changed after opening?)") from error
-                if got == wanted and header_buffer == expected:
-                    continue
-            out[row] = self._decode(number)
+        length, wanted, size = len(expected), self.header.file_bytes, self.header.payload_bytes
+        headers = bytearray(length * len(numbers))
+        header_views = memoryview(headers)
+        payloads = memoryview(out.reshape(-1).view(np.uint8)) if out.size else None
+        buffers = []
+        for row in range(len(numbers)):
+            header = header_views[row * length : (row + 1) * length]
+            buffers.append([header, payloads[row * size : (row + 1) * size]] if payloads is not None else [header])
+        numbers_list = numbers.tolist()
+        try:
+            got = self.series.read_into(numbers_list, buffers) if self.fast else [-1] * len(numbers_list)
+        except FileNotFoundError as error:
+            raise ScanError(error.filename or self.series.label(numbers_list[0]), "missing (was the scan changed after opening?)") from error
+        for row, (number, count) in enumerate(zip(numbers_list, got)):
+            if count != wanted or header_views[row * length : (row + 1) * length] != expected:
+                out[row] = self._decode(number)
 
-    def _fill_fetched(self, trials: np.ndarray, out: np.ndarray) -> None:
-        """Remote files: the whole block fetched in one batch of concurrent requests."""
-        numbers, where = np.unique(trials, return_inverse=True)
-        contents = self.series.fetch(numbers.tolist())  # type: ignore[attr-defined]
-        expected, wanted = self.header.raw, self.header.file_bytes
-        for row, index in enumerate(where.ravel()):
-            data = contents[index]
-            if self.fast and len(data) == wanted and data.startswith(expected):
-                out[row] = np.frombuffer(data, self.stored_dtype, offset=len(expected)).reshape(self.header.shape)
-            else:
-                out[row] = self._decode(int(numbers[index]), data)
-
-    def _decode(self, number: int, data: bytes | None = None) -> np.ndarray:
+    def _decode(self, number: int) -> np.ndarray:
         """The slow path: decode one whole file and check it matches file 0."""
         label = self.series.label(number)
-        array = load_array(self.series.read(number) if data is None else data, label)
+        array = load_array(self.series.read(number), label)
         if array.shape != self.header.shape or array.dtype.newbyteorder("=") != self.stored_dtype:
             raise ScanError(
                 label,

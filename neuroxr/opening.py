@@ -1,4 +1,4 @@
-"""Opening anything: several scans as one DataTree, and ``neuroxr.open`` for every format neuroxr writes.
+"""The top of the read side: ``open_scan``, ``open_datatree``, and ``neuroxr.open`` for every format neuroxr writes.
 
 Analysis code calls ``neuroxr.open(path)`` and gets the data model back, whether ``path`` is a scan
 folder, a release .zip, a folder of scans, a NetCDF file, a Zarr store or NWB files.
@@ -12,32 +12,52 @@ from pathlib import Path
 
 import xarray as xr
 
-from neuroxr import model
+from neuroxr import chunking
+from neuroxr.backend import SensoriumBackendEntrypoint
+from neuroxr.dataset import load_labels, tree_of
 from neuroxr.errors import ScanError
-from neuroxr.source import is_ignored, is_scan_folder, scan_folders_in
+from neuroxr.formats.netcdf import open_netcdf
+from neuroxr.formats.nwb import open_nwb
+from neuroxr.formats.zarr import open_zarr
+from neuroxr.layout.discover import is_scan_folder, scan_paths
+from neuroxr.sources import is_url
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
 
 
-def scan_paths(folder: str | os.PathLike[str]) -> list[Path]:
-    """The scans in a folder: scan folders and .zip archives, one per scan, sorted by name.
+def open_scan(
+    path: str | os.PathLike[str],
+    *,
+    chunks: int | str | Mapping[str, int] | None = None,
+    mask_withheld: bool = True,
+    drop_variables: Iterable[str] | None = None,
+    storage_options: dict | None = None,
+) -> xr.Dataset:
+    """Open a Sensorium scan (folder, .zip, a folder holding one scan, or an fsspec URL) as one lazy, labelled Dataset.
 
-    A scan present both unpacked and as its .zip (the usual state after unzipping the release) is
-    taken from the folder, which reads faster.
+    Only the listing, ``meta/`` and one header per variable are read. Data variables are dask arrays
+    with one task per block of trials (about 64 MB per chunk; ``chunks=500`` asks for 500 trials per
+    chunk, any xarray ``chunks=`` also works); label coordinates are in memory. A URL
+    (``https://.../scan.zip``, ``s3://bucket/scan/``) is read in place with range requests;
+    ``storage_options`` go to fsspec. ``mask_withheld=False`` gives the stored zeros where the release
+    withholds data (NaN by default).
+
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True))
+    >>> ds.responses.sizes
+    Frozen({'trial': 240, 'neuron': 120})
+    >>> per_image = ds.responses.sel(trial=ds.tier == "test").groupby("image_id").mean()
     """
-    folder = Path(folder)
-    if is_scan_folder(folder):
-        return [folder]
-    if not folder.is_dir():
-        raise ScanError(folder, "not a folder of scans")
-    entries = sorted(child for child in folder.iterdir() if not is_ignored(child.name))
-    folders = scan_folders_in(folder)
-    names = {child.name for child in folders}
-    archives = [child for child in entries if child.suffix.lower() == ".zip" and child.is_file() and child.stem not in names]
-    found = sorted(folders + archives, key=lambda path: path.name)
-    if not found:
-        raise ScanError(folder, "holds no scan: expected scan folders (with data/ and meta/) or .zip archives")
-    return found
+    xarray_chunks, block = chunking.trial_chunk_request(chunks)
+    ds = xr.open_dataset(
+        path,
+        engine=SensoriumBackendEntrypoint,
+        chunks=xarray_chunks,
+        mask_withheld=mask_withheld,
+        drop_variables=drop_variables,
+        trials_per_chunk=block,
+        storage_options=storage_options,
+    )
+    return load_labels(ds)
 
 
 def open_datatree(
@@ -45,23 +65,29 @@ def open_datatree(
     *,
     chunks: int | str | Mapping[str, int] | None = None,
     mask_withheld: bool = True,
+    storage_options: dict | None = None,
 ) -> xr.DataTree:
     """Several scans side by side: one child node per scan, named by its scan key.
 
-    Scans differ in trials and neurons, so they are siblings under an attribute-only root.
+    ``paths_or_folder`` is a folder of scans (scan folders and .zip archives) or a list of scans
+    (paths or URLs). Scans differ in trials and neurons, so they are siblings under an
+    attribute-only root.
 
-    >>> tree = neuroxr.open_datatree("sensorium2022/")  # doctest: +SKIP
-    >>> tree["21067-10-18"].dataset.responses  # doctest: +SKIP
+    >>> folder = tmp / "release"
+    >>> folder.mkdir()
+    >>> for seed, scan in enumerate(["30001-2-3", "30002-4-5"]):
+    ...     _ = neuroxr.write_scan(folder / f"{scan}.zip", zip=True, scan=scan, seed=seed)
+    >>> tree = neuroxr.open_datatree(folder)
+    >>> sorted(tree.children)
+    ['30001-2-3', '30002-4-5']
     """
-    from neuroxr.dataset import open_scan
-
     if isinstance(paths_or_folder, (str, os.PathLike)):
-        paths = scan_paths(paths_or_folder)
+        paths: list[str | Path] = list(scan_paths(paths_or_folder))
     else:
-        paths = [Path(path) for path in paths_or_folder]
+        paths = [path if is_url(path) else Path(path) for path in paths_or_folder]  # type: ignore[misc]
     scans: dict[str, xr.Dataset] = {}
     for path in paths:
-        ds = open_scan(path, chunks=chunks, mask_withheld=mask_withheld)
+        ds = open_scan(path, chunks=chunks, mask_withheld=mask_withheld, storage_options=storage_options)
         key = ds.attrs["scan"]
         if key in scans:
             raise ScanError(path, f"scan {key} is given twice (also {scans[key].encoding.get('source')})")
@@ -70,39 +96,28 @@ def open_datatree(
     return tree_of(scans)
 
 
-def tree_of(scans: Mapping[str, xr.Dataset]) -> xr.DataTree:
-    """A DataTree with one child per scan under a root that holds only attributes."""
-    root = xr.Dataset(attrs={"format": model.FORMAT, "scans": ",".join(scans)})
-    return xr.DataTree.from_dict({"/": root, **{f"/{key}": ds for key, ds in scans.items()}})
-
-
-def open(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.DataTree:  # noqa: A001
+def open_any(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.DataTree:
     """Open whatever neuroxr reads or writes as the data model: a Dataset for one scan, a DataTree for several.
 
-    Recognised: a scan folder or .zip, a folder of scans, a NetCDF file (``.nc``), a Zarr store
-    (``.zarr``), an NWB file (``.nwb``) or a folder of NWB files. ``kwargs`` go to the reader.
+    Public as ``neuroxr.open``. Recognised: a scan folder or .zip, a folder of scans, a NetCDF file
+    (``.nc``), a Zarr store (``.zarr``), an NWB file (``.nwb``) or a folder of NWB files, and URLs
+    of scans. ``kwargs`` go to the reader.
 
-    >>> ds = neuroxr.open("21067-10-18.nc")  # doctest: +SKIP
+    >>> path = neuroxr.to_netcdf(neuroxr.make_scan(), tmp / "scan.nc")
+    >>> neuroxr.open(path).attrs["scan"]
+    '30001-2-3'
     """
     text = os.fspath(path)
-    if "://" in text:
-        from neuroxr.dataset import open_scan
-
+    if is_url(text):
         return open_scan(text, **kwargs)  # type: ignore[arg-type]
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix in NETCDF_SUFFIXES:
-        from neuroxr.formats.netcdf import open_netcdf
-
-        return open_netcdf(path, **kwargs)
+        return open_netcdf(path, **kwargs)  # type: ignore[arg-type]
     if suffix == ".zarr":
-        from neuroxr.formats.zarr import open_zarr
-
-        return open_zarr(path, **kwargs)
+        return open_zarr(path, **kwargs)  # type: ignore[arg-type]
     if suffix == ".nwb" or (path.is_dir() and any(path.glob("*.nwb")) and not is_scan_folder(path)):
-        from neuroxr.formats.nwb import open_nwb
-
-        return open_nwb(path, **kwargs)
+        return open_nwb(path, **kwargs)  # type: ignore[arg-type]
     if not path.exists():
         raise ScanError(path, "no such file or folder")
     if path.is_dir() and not is_scan_folder(path):
@@ -110,6 +125,4 @@ def open(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.Data
         if len(found) > 1:
             return open_datatree(found, **kwargs)  # type: ignore[arg-type]
         path = found[0]
-    from neuroxr.dataset import open_scan
-
     return open_scan(path, **kwargs)  # type: ignore[arg-type]

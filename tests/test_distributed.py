@@ -8,7 +8,7 @@ import numpy as np
 import xarray as xr
 
 import neuroxr
-from neuroxr.formats.folder import to_folder
+from neuroxr.formats.release import to_folder
 from neuroxr.metrics import oracle_correlation, select_tier
 from neuroxr.synthetic import make_scan
 

@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuroxr import model
+from neuroxr import datamodel as model
 from neuroxr.errors import TargetExistsError
-from neuroxr.formats import folder
-from neuroxr.formats._atomic import TEMP_MARKER
-from neuroxr.formats.folder import to_folder
+from neuroxr.formats._write import TEMP_MARKER
+from neuroxr.formats.release import to_folder
 from neuroxr.npy import header_bytes
 from neuroxr.synthetic import make_scan
 
@@ -210,23 +209,20 @@ def test_refuses_to_overwrite_the_source(scan, tmp_path):
 
 @pytest.mark.parametrize("as_zip", [False, True])
 @pytest.mark.parametrize("trials_per_block", [12, 70])  # 70: a block is written by several threads
-def test_failure_mid_write_leaves_nothing(tmp_path, monkeypatch, as_zip, trials_per_block):
-    scan = make_scan(n_trials=70, n_neurons=3, image_shape=(1, 2, 2), chunk_trials=trials_per_block)
-    sink = folder._ZipSink if as_zip else folder._FolderSink
-    original = sink.write
-    calls = itertools.count(1)  # next() is atomic: writes may come from several threads
+def test_failure_mid_write_leaves_nothing(tmp_path, as_zip, trials_per_block):
+    scan = make_scan(n_trials=140, n_neurons=3, image_shape=(1, 2, 2), chunk_trials=trials_per_block)
 
-    def failing_write(self, relative, *parts):
-        if next(calls) == 150:
+    def fail_in_the_second_block(block, block_info=None):
+        if block_info[0]["chunk-location"][0] == 1:
             raise OSError("disk on fire")
-        original(self, relative, *parts)
+        return block
 
-    monkeypatch.setattr(sink, "write", failing_write)
+    failing = scan.responses.data.map_blocks(fail_in_the_second_block, dtype=scan.responses.dtype)
+    scan = scan.assign(responses=scan.responses.copy(data=failing))
     target = tmp_path / ("scan.zip" if as_zip else "scan")
     with pytest.raises(OSError, match="disk on fire"):
         to_folder(scan, target, zip=as_zip)
     assert list(tmp_path.iterdir()) == []
-    assert not any(TEMP_MARKER in p.name for p in tmp_path.iterdir())
 
 
 def test_progress_and_argument_errors(scan, tmp_path, capsys):

@@ -12,8 +12,8 @@ import xarray as xr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuroxr import metrics, model
-from neuroxr.standardization import standardize
+from neuroxr import datamodel as model, metrics
+from neuroxr.analysis.standardization import standardize
 from neuroxr.synthetic import make_scan
 
 # --------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ import xarray as xr
 
 import neuroxr
 from neuroxr.errors import TargetExistsError
-from neuroxr.formats import _encoding
-from neuroxr.formats._atomic import TEMP_MARKER
+from neuroxr.formats import _prepare, _write
+from neuroxr.formats._write import TEMP_MARKER
 from neuroxr.formats.netcdf import open_netcdf, to_netcdf
 from neuroxr.formats.zarr import open_zarr, to_zarr
 
@@ -371,7 +371,7 @@ def test_killed_export_leaves_no_complete_looking_file(tmp_path: Path) -> None:
 
 
 def test_full_disk_is_reported_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_encoding.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(OSError, match="not enough space") as caught:
         to_netcdf(tiny(), tmp_path / "scan.nc")
     assert caught.value.errno == errno.ENOSPC and "scan.nc" in str(caught.value)
@@ -379,11 +379,11 @@ def test_full_disk_is_reported_before_writing(tmp_path: Path, monkeypatch: pytes
 
 
 def test_write_error_on_a_full_device_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    error = _encoding.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
+    error = _write.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
     assert not isinstance(error, OSError)
     assert any("scan.nc" in note for note in error.__notes__)
-    monkeypatch.setattr(_encoding.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 0})())
-    full = _encoding.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
+    monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 0})())
+    full = _write.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
     assert isinstance(full, OSError) and full.errno == errno.ENOSPC and "no space left" in str(full)
 
 
@@ -393,7 +393,7 @@ def test_missing_target_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_normalise_attr() -> None:
-    assert _encoding.normalise_attr(np.bool_(False)) == 0
-    assert _encoding.normalise_attr(np.array([1.5, 2.5])) == [1.5, 2.5]
-    assert _encoding.normalise_attr(["a", 1]) == '["a", 1]'
-    assert _encoding.normalise_attr(None) is None
+    assert _prepare.normalise_attr(np.bool_(False)) == 0
+    assert _prepare.normalise_attr(np.array([1.5, 2.5])) == [1.5, 2.5]
+    assert _prepare.normalise_attr(["a", 1]) == '["a", 1]'
+    assert _prepare.normalise_attr(None) is None

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import neuroxr
-from neuroxr import model
+from neuroxr import datamodel as model
 from neuroxr.backend import SensoriumBackendEntrypoint
 
 
@@ -74,7 +74,7 @@ def test_data_is_lazy_and_labels_are_in_memory(scan_folder: Path) -> None:
 
 
 def test_default_chunks_hold_about_64_mb_and_are_shared() -> None:
-    from neuroxr.lazy import trials_per_chunk
+    from neuroxr.chunking import trials_per_chunk
 
     assert trials_per_chunk(147_456, 7_000) == 455  # release images: ~64 MB per chunk
     assert trials_per_chunk(100, 7_000) == 7_000

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from neuroxr import model
-from neuroxr.errors import ScanError
-from neuroxr.standardization import response_precision, response_precision_from_std, standardize, train_statistics
+from neuroxr import datamodel as model
+from neuroxr.errors import DatasetError
+from neuroxr.analysis.standardization import response_precision, response_precision_from_std, standardize, train_statistics
 from neuroxr.synthetic import make_scan
 
 SMALL = {"n_trials": 120, "n_neurons": 20, "image_shape": (1, 9, 16)}
@@ -197,11 +197,11 @@ def test_withheld_values_stay_nan_and_zero_std_gives_nan_without_warnings():
 
 def test_missing_stored_statistics_name_the_file_and_point_to_train():
     ds = contract_scan().drop_vars("responses_statistics")
-    with pytest.raises(ScanError, match=r"meta/statistics/responses/all/std\.npy.*statistics='train'"):
+    with pytest.raises(DatasetError, match=r"meta/statistics/responses/all/std\.npy.*statistics='train'"):
         standardize(ds)
     nan_stats = contract_scan()
     nan_stats["behavior_statistics"] = nan_stats.behavior_statistics * np.nan
-    with pytest.raises(ScanError, match="behavior/all/std"):
+    with pytest.raises(DatasetError, match="behavior/all/std"):
         standardize(nan_stats)
 
 

@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 
-from neuroxr import model
+from neuroxr import datamodel as model
 from neuroxr.synthetic import make_scan, release_scan, write_scan
 
 SMALL = {"n_trials": 60, "n_neurons": 24, "image_shape": (1, 12, 20)}

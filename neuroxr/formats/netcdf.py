@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuroxr.formats import _encoding
-from neuroxr.formats._atomic import refuse_to_overwrite_source
+from neuroxr.dataset import load_labels
+from neuroxr.formats import _prepare
+from neuroxr.formats._write import dask_progress, write_atomically
 
 #: Default compression: none. Measured on release-sized data (docs/convert.md): zlib costs several
 #: times the write time, zstd needs an HDF5 filter plugin that h5py/h5netcdf and older netCDF builds
@@ -54,7 +55,7 @@ def compression_encoding(compression: CompressionSpec, engine: str) -> dict[str,
         return dict(compression)
     if engine not in CODECS:
         raise ValueError(f"NetCDF engine: expected one of {', '.join(CODECS)}, found {engine!r}")
-    parsed = _encoding.parse_compression(compression, CODECS[engine], f"NetCDF ({engine})")
+    parsed = _prepare.parse_compression(compression, CODECS[engine], f"NetCDF ({engine})")
     if parsed.codec is None:
         return {}
     if engine == "h5netcdf":
@@ -67,7 +68,7 @@ def _variable_encodings(ds: xr.Dataset, compression: Mapping[str, Any]) -> dict[
     """chunksizes = the dask chunks (one HDF5 chunk per dask chunk), compression on chunked data variables."""
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        shape = _encoding.chunk_shape(variable)
+        shape = _prepare.chunk_shape(variable)
         if shape is None or variable.dtype.kind in "USO" or 0 in variable.shape:
             continue
         encodings[str(name)] = {"chunksizes": shape, **(compression if name in ds.data_vars else {})}
@@ -80,7 +81,7 @@ def _record_string_dtypes(path: Path, nodes: Mapping[str, xr.Dataset]) -> None:
 
     with netCDF4.Dataset(path, "a") as root:
         for group_path, ds in nodes.items():
-            dtypes = _encoding.string_dtypes(ds)
+            dtypes = _prepare.string_dtypes(ds)
             if not dtypes:
                 continue
             group = root if group_path == "/" else root[group_path.lstrip("/")]
@@ -128,9 +129,8 @@ def to_netcdf(
     >>> neuroxr.to_netcdf(ds, "21067-10-18.nc")  # doctest: +SKIP
     >>> xr.open_dataset("21067-10-18.nc")  # plain xarray reads it  # doctest: +SKIP
     """
-    refuse_to_overwrite_source(_encoding.sources(obj), path)
     compression_keys = compression_encoding(compression, engine)
-    prepared, nodes = _encoding.prepare(obj)
+    prepared, nodes = _prepare.prepare(obj)
     encodings = {group: _variable_encodings(ds, compression_keys) for group, ds in nodes.items()}
 
     def write(temporary: Path) -> None:
@@ -140,8 +140,9 @@ def to_netcdf(
             prepared.to_netcdf(temporary, engine=engine, format="NETCDF4", encoding=encodings["/"])
         _record_string_dtypes(temporary, nodes)
 
-    needed = _encoding.uncompressed_bytes(nodes) if not compression_keys else None
-    return _encoding.write_atomically(path, write, overwrite=overwrite, progress=progress, needed_bytes=needed)
+    needed = _prepare.uncompressed_bytes(nodes) if not compression_keys else None
+    with dask_progress(progress, f"writing {Path(path).name}"):
+        return write_atomically(path, write, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed)
 
 
 def _has_groups(path: str | os.PathLike[str]) -> bool:
@@ -152,9 +153,7 @@ def _has_groups(path: str | os.PathLike[str]) -> bool:
 
 
 def _finish(ds: xr.Dataset, dtypes: Mapping[str, str]) -> xr.Dataset:
-    from neuroxr.dataset import load_labels
-
-    return load_labels(_encoding.restore_string_dtypes(ds, dtypes))
+    return load_labels(_prepare.restore_string_dtypes(ds, dtypes))
 
 
 def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.Dataset | xr.DataTree:

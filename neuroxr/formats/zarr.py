@@ -23,8 +23,10 @@ from typing import Any
 
 import xarray as xr
 
-from neuroxr.formats import _encoding
-from neuroxr.formats._atomic import refuse_to_overwrite_source
+from neuroxr.dataset import load_labels
+from neuroxr.errors import require
+from neuroxr.formats import _prepare
+from neuroxr.formats._write import dask_progress, write_atomically
 
 #: Default compression: Blosc with LZ4 and byte shuffle. Measured on release-sized data
 #: (docs/convert.md): it halves the store and writes as fast as no compression, because Blosc
@@ -37,6 +39,11 @@ CODECS: dict[str, int] = {"blosc_lz4": 5, "blosc_zstd": 1, "zstd": 1, "gzip": 1}
 CompressionSpec = str | Mapping[str, Any] | Sequence[Any] | None
 
 
+def _require_zarr() -> Any:
+    """The zarr package, or a :class:`~neuroxr.errors.MissingExtraError` naming ``neuroxr[zarr]``."""
+    return require("zarr", "zarr", "reading and writing Zarr")
+
+
 def compressors(compression: CompressionSpec) -> tuple[Any, ...] | dict[str, Any]:
     """The Zarr v3 compressors of a compression spec (or raw encoding keys, for a mapping).
 
@@ -46,13 +53,14 @@ def compressors(compression: CompressionSpec) -> tuple[Any, ...] | dict[str, Any
     >>> compressors("zstd:3")
     (ZstdCodec(level=3, checksum=False),)
     """
+    _require_zarr()
     from zarr.codecs import BloscCodec, BloscShuffle, GzipCodec, ZstdCodec
 
     if isinstance(compression, Mapping):
         return dict(compression)
     if isinstance(compression, Sequence) and not isinstance(compression, str):
         return tuple(compression)
-    parsed = _encoding.parse_compression(compression, CODECS, "Zarr")
+    parsed = _prepare.parse_compression(compression, CODECS, "Zarr")
     if parsed.codec is None:
         return ()
     if parsed.codec.startswith("blosc_"):
@@ -69,7 +77,7 @@ def _variable_encodings(ds: xr.Dataset, codecs: tuple[Any, ...] | dict[str, Any]
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
         encoding: dict[str, Any] = {}
-        shape = _encoding.chunk_shape(variable)
+        shape = _prepare.chunk_shape(variable)
         if shape is not None:
             encoding["chunks"] = shape
         if name in ds.data_vars and variable.dtype.kind not in "USO":
@@ -116,13 +124,9 @@ def to_zarr(
     >>> neuroxr.to_zarr(ds, "21067-10-18.zarr")  # doctest: +SKIP
     >>> xr.open_zarr("21067-10-18.zarr")  # plain xarray reads it  # doctest: +SKIP
     """
-    try:
-        import zarr  # noqa: F401
-    except ImportError as error:  # pragma: no cover - depends on the installation
-        raise ImportError("writing Zarr needs the zarr package: pip install 'neuroxr[zarr]'") from error
-    refuse_to_overwrite_source(_encoding.sources(obj), path)
+    _require_zarr()
     codecs = compressors(compression)
-    prepared, nodes = _encoding.prepare(obj)
+    prepared, nodes = _prepare.prepare(obj)
     encodings = {group: _variable_encodings(ds, codecs) for group, ds in nodes.items()}
 
     def write(temporary: Path) -> None:
@@ -132,8 +136,9 @@ def to_zarr(
             else:
                 prepared.to_zarr(temporary, mode="w-", encoding=encodings["/"], consolidated=True, zarr_format=3)
 
-    needed = _encoding.uncompressed_bytes(nodes) if not codecs else None
-    return _encoding.write_atomically(path, write, overwrite=overwrite, progress=progress, needed_bytes=needed)
+    needed = _prepare.uncompressed_bytes(nodes) if not codecs else None
+    with dask_progress(progress, f"writing {Path(path).name}"):
+        return write_atomically(path, write, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed)
 
 
 def _has_groups(path: str) -> bool:
@@ -151,8 +156,7 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset | xr.DataTree:
 
     >>> ds = open_zarr("21067-10-18.zarr")  # doctest: +SKIP
     """
-    from neuroxr.dataset import load_labels
-
+    _require_zarr()
     path = os.fspath(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such Zarr store (expected a folder)")

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuroxr.formats.nwb_streams import BlockStream, progress_bar
+from neuroxr.formats._write import BlockStream, progress_bar
 
 def _storable_block(block: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """A block of trial images as NWB holds them: (n, y, x) grey or (n, y, x, channels) colour."""

@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import xarray as xr
 
-from neuroxr import model
+from neuroxr import datamodel
 
 
 def _counts(values: np.ndarray) -> str:
@@ -32,7 +32,7 @@ def describe(ds: xr.Dataset) -> str:
     if "images" in ds:
         shape = " x ".join(str(ds.sizes[d]) for d in ds.images.dims[1:])
         pairs.append(("images", f"{shape} {ds.images.dtype}"))
-    for name in model.DATA_VARIABLES:
+    for name in datamodel.DATA_VARIABLES:
         if name in ds and name != "images":
             pairs.append((name, f"{' x '.join(str(ds.sizes[d]) for d in ds[name].dims[1:])} {ds[name].dtype}"))
     if "tier" in ds.coords:
@@ -49,10 +49,10 @@ def describe(ds: xr.Dataset) -> str:
 
 
 def _withheld(ds: xr.Dataset) -> list[str]:
-    masked = [name for name in ds.attrs.get("withheld", "").split(",") if name]
+    masked = sorted(datamodel.withheld_variables(ds.attrs))
     found = []
-    if model.WITHHELD_COORD in ds.coords and ds[model.WITHHELD_COORD].values.any():
-        marked = ds[model.WITHHELD_COORD].values
+    if datamodel.WITHHELD_COORD in ds.coords and ds[datamodel.WITHHELD_COORD].values.any():
+        marked = ds[datamodel.WITHHELD_COORD].values
         tiers = sorted(set(np.asarray(ds.tier.values)[marked].astype(str))) if "tier" in ds.coords else []
         how = "NaN" if "responses" in masked else "the stored zeros"
         found.append(f"responses of {int(marked.sum())} trials ({', '.join(tiers)}), read as {how}")

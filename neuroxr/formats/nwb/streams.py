@@ -1,67 +1,26 @@
-"""Streaming the big arrays of a scan into NWB: dask blocks computed ahead in a background thread,
-rows served in any order (forward, or spilled to a raw scratch file), and the hdmf data chunk
-iterator that feeds them to pynwb.
+"""Streaming the big arrays of a scan into NWB: rows served in any order (forward from a
+:class:`~neuroxr.formats._write.BlockStream`, or spilled to a raw scratch file), and the hdmf data
+chunk iterator that feeds them to pynwb.
 """
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-def _whole_rows(array: Any) -> Any:
-    """The dask ``array`` with one chunk along every axis but the first."""
-    return array.rechunk({axis: -1 for axis in range(1, array.ndim)}) if array.ndim > 1 else array
-
-
-class BlockStream:
-    """The blocks of a dask array chunked along axis 0, computed in order, ``ahead`` of the reader.
-
-    The next block is computed in a background thread while the caller works on the current one.
-
-    >>> import dask.array as da
-    >>> [int(block.sum()) for _, block in BlockStream(da.arange(10, chunks=4))]
-    [6, 22, 17]
-    """
-
-    def __init__(self, array: Any, *, ahead: int = 1, prepare: Callable[[np.ndarray], Any] | None = None) -> None:
-        self.array = _whole_rows(array)
-        self.bounds = np.cumsum((0, *self.array.chunks[0]))
-        self.ahead = max(0, ahead)
-        self.prepare = prepare  # applied to each block in the background thread too
-
-    def __len__(self) -> int:
-        return len(self.bounds) - 1
-
-    def _compute(self, index: int) -> Any:
-        block = np.asarray(self.array.blocks[index].compute())
-        return block if self.prepare is None else self.prepare(block)
-
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="neuroxr-nwb") as pool:
-            pending: list[Future[Any]] = []
-            submitted = 0
-            try:
-                for index in range(len(self)):
-                    while submitted < len(self) and submitted <= index + self.ahead:
-                        pending.append(pool.submit(self._compute, submitted))
-                        submitted += 1
-                    yield int(self.bounds[index]), pending.pop(0).result()
-            finally:
-                for future in pending:
-                    future.cancel()
-
+from neuroxr.formats._write import BlockStream
 
 class ForwardRows:
     """Row ranges of a :class:`BlockStream`, asked for in increasing order (each block read once)."""
 
     def __init__(self, stream: BlockStream) -> None:
-        self.shape = tuple(int(size) for size in stream.array.shape)
+        self.shape = stream.shape
         self._blocks = iter(stream)
         self._held: list[tuple[int, np.ndarray]] = []
 
@@ -85,8 +44,8 @@ class SpilledRows:
 
     def __init__(self, stream: BlockStream, path: Path, *, on_block: Callable[[], None] | None = None) -> None:
         self.path = Path(path)
-        self.shape = tuple(int(size) for size in stream.array.shape)
-        self.dtype = np.dtype(stream.array.dtype)
+        self.shape = stream.shape
+        self.dtype = np.dtype(stream.arrays[0].dtype)
         self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
         self._fd = -1
         try:
@@ -165,21 +124,3 @@ def iterator_class() -> type:
             return self._dtype_value
 
     return RowsIterator
-
-
-class _NoBar:
-    """A progress bar that shows nothing."""
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def progress_bar(enabled: bool, *, total: int, desc: str, unit: str = "block") -> Any:
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit)

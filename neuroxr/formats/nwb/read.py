@@ -9,7 +9,6 @@ open handle) and open it inside each task, so the graph pickles and runs on ``da
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,11 +17,11 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from neuroxr import chunking
 from neuroxr.errors import ScanError
-from neuroxr.formats import nwb as names
+from neuroxr.formats.nwb import mapping as names
+from neuroxr.formats.nwb.mapping import load_mapping
 
-#: Default dask chunk: about this many bytes of the largest per-trial variable.
-CHUNK_BYTES = 64 * 2**20
 #: Chunks are a multiple of the responses' file chunk (512 trials) when they are at least that long.
 FILE_CHUNK_ROWS = 512
 
@@ -175,10 +174,10 @@ def _dask(array: _Rows, chunk_rows: int, name: str) -> Any:
 
 
 def _chunk_rows(layout: Mapping[str, Any], chunks: int | Mapping[str, int] | None, n_trials: int) -> int:
-    if isinstance(chunks, Mapping):
-        chunks = chunks.get("trial")
-    if isinstance(chunks, int) and not isinstance(chunks, bool):
-        return max(1, min(chunks, max(1, n_trials)))
+    """Trials per dask chunk: the user's, else the chunk policy's, cut to a multiple of the file chunk."""
+    _, requested = chunking.trial_chunk_request(chunks)
+    if requested is not None:
+        return max(1, min(requested, max(1, n_trials)))
     if chunks is not None:
         raise ValueError(f"open_nwb: expected chunks as trials per chunk (int) or {{'trial': int}}, found {chunks!r}")
     per_trial = 1
@@ -187,26 +186,10 @@ def _chunk_rows(layout: Mapping[str, Any], chunks: int | Mapping[str, int] | Non
         if entry["dims"][:1] == ["trial"]:
             size = int(np.prod(entry["shape"][1:], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
             per_trial = max(per_trial, size)
-    rows = max(1, CHUNK_BYTES // per_trial)
+    rows = chunking.trials_per_chunk(per_trial, max(1, n_trials))
     if rows >= FILE_CHUNK_ROWS:
         rows -= rows % FILE_CHUNK_ROWS
-    return int(max(1, min(rows, max(1, n_trials))))
-
-
-def read_layout(file: Any, path: Path) -> dict[str, Any]:
-    """The layout document of an open h5py file, checked."""
-    node = file.get(f"scratch/{names.LAYOUT_NAME}")
-    if node is None:
-        raise ScanError(
-            path, "not written by neuroxr.to_nwb (no /scratch/neuroxr_layout); open it with pynwb.NWBHDF5IO"
-        )
-    raw = node[()]
-    layout = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    if layout.get("format") != names.LAYOUT_FORMAT or int(layout.get("version", 0)) > names.LAYOUT_VERSION:
-        found = f"layout {layout.get('format')!r} version {layout.get('version')}"
-        expected = f"{names.LAYOUT_FORMAT!r} version <= {names.LAYOUT_VERSION}"
-        raise ScanError(path, f"{found}: expected {expected}; upgrade neuroxr")
-    return layout
+    return rows
 
 
 def _eager(file: Any, store: Mapping[str, Any], dtype: np.dtype, rows: np.ndarray | None) -> np.ndarray:
@@ -238,7 +221,7 @@ def open_nwb_file(
     except OSError as error:
         raise ScanError(path, f"not an HDF5 (NWB) file: {error}") from error
     with file:
-        layout = read_layout(file, path)
+        layout = load_mapping(file, path)
         entries = layout["variables"]
         stored_ids = np.asarray(file[f"{names.TRIALS_PATH}/id"][()])
         if layout["dataset_rows"] == "sorted_ids":

@@ -1,4 +1,4 @@
-"""What the NetCDF and Zarr sinks share: a Dataset made ready to write, and a streamed write.
+"""What the sinks share before writing: a Dataset (or DataTree) made ready to write.
 
 - Attributes are normalised to what every format stores as it is (str, int, float, 1-D lists).
 - Encodings left over from whatever the Dataset was read from are dropped (stale chunk sizes and
@@ -8,27 +8,25 @@
 - The numpy dtypes of string variables are recorded, for formats that cannot keep a ``<U`` width.
 - Compression specs (``None``, ``"zstd"``, ``"zlib:4"``, ``"blosc_lz4:5"``) are parsed here; each
   format maps them onto its own encoding keys.
+- The files a lazy Dataset reads from are found here, for the guard against writing over them.
 
 Nothing here knows a file format.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import math
 import os
-import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
-TRIAL = "trial"
+from neuroxr import datamodel
+
 #: A file chunk of a single variable is kept below this many bytes (HDF5 refuses chunks of 4 GiB).
 MAX_CHUNK_BYTES = 1 << 30
 
@@ -92,13 +90,13 @@ def trial_block(ds: xr.Dataset) -> int | None:
     The block is cut down when one chunk of some variable would exceed
     :data:`MAX_CHUNK_BYTES`.
     """
-    chunked = [v for v in ds.data_vars.values() if v.chunks is not None and TRIAL in v.dims]
+    chunked = [v for v in ds.data_vars.values() if v.chunks is not None and datamodel.TRIAL in v.dims]
     if not chunked:
         return None
     largest = max(chunked, key=lambda v: v.nbytes)
-    block = max(largest.chunksizes[TRIAL])
+    block = max(largest.chunksizes[datamodel.TRIAL])
     for variable in chunked:
-        per_trial = variable.nbytes // max(1, variable.sizes[TRIAL])
+        per_trial = variable.nbytes // max(1, variable.sizes[datamodel.TRIAL])
         if per_trial and block * per_trial > MAX_CHUNK_BYTES:
             block = max(1, block // math.ceil(block * per_trial / MAX_CHUNK_BYTES))
     return block
@@ -117,7 +115,7 @@ def regular_chunks(ds: xr.Dataset) -> xr.Dataset:
             continue
         wanted: dict[str, int] = {}
         for dim, chunks in zip(variable.dims, variable.chunks):
-            if dim == TRIAL and block is not None and (chunks[0] != block or not _regular(chunks)):
+            if dim == datamodel.TRIAL and block is not None and (chunks[0] != block or not _regular(chunks)):
                 wanted[dim] = block
             elif not _regular(chunks):
                 wanted[dim] = max(chunks)
@@ -184,7 +182,7 @@ def prepare(obj: Scans) -> tuple[Scans, dict[str, xr.Dataset]]:
     return nodes["/"], nodes
 
 
-def sources(obj: Scans) -> list[str]:
+def data_sources(obj: Scans) -> list[str]:
     """Every file a lazy Dataset (or tree) reads from, as recorded in its encodings."""
     found: list[str] = []
     for ds in node_datasets(obj).values():
@@ -258,104 +256,6 @@ def parse_compression(spec: str | None, codecs: Mapping[str, int], fmt: str) -> 
         raise ValueError(f"{fmt} compression: the level in {spec!r} must be an integer") from None
 
 
-# ----------------------------------------------------------------------------------------------
-# writing
-
-
 def uncompressed_bytes(nodes: Mapping[str, xr.Dataset]) -> int:
-    return sum(v.nbytes for ds in nodes.values() for v in ds.variables.values())
-
-
-def check_free_space(target: str | os.PathLike[str], needed: int) -> None:
-    """Raise ``OSError(ENOSPC)`` before writing when the target's device has less than ``needed`` bytes free."""
-    parent = Path(target).parent if str(Path(target).parent) else Path(".")
-    if not parent.is_dir():
-        return  # atomic_target says so, naming the folder
-    free = shutil.disk_usage(parent).free
-    if free < needed:
-        raise OSError(
-            errno.ENOSPC,
-            f"{target}: not enough space: the export needs about {needed / 1e9:.2f} GB, "
-            f"the device holding {parent} has {free / 1e9:.2f} GB free",
-        )
-
-
-def explain_write_error(error: BaseException, target: str | os.PathLike[str]) -> BaseException:
-    """A clearer error for a failed write: a full device is named as such; anything else gets a note."""
-    parent = Path(target).parent if str(Path(target).parent) else Path(".")
-    with contextlib.suppress(OSError):
-        if shutil.disk_usage(parent).free < 16 * 1024 * 1024:
-            return OSError(errno.ENOSPC, f"{target}: no space left on the device while writing ({error})")
-    if isinstance(error, Exception):
-        error.add_note(f"while writing {target} (nothing was left at that path)")
-    return error
-
-
-@contextlib.contextmanager
-def progress_bar(enabled: bool, description: str) -> Iterator[None]:
-    """Show a bar of the dask tasks run inside the block (local schedulers; distributed: use the dashboard)."""
-    if not enabled:
-        yield
-        return
-    try:
-        from tqdm.dask import TqdmCallback
-
-        bar: contextlib.AbstractContextManager[Any] = TqdmCallback(desc=description)
-    except ImportError:  # pragma: no cover - tqdm is a core dependency
-        from dask.diagnostics import ProgressBar
-
-        bar = ProgressBar()
-    with bar:
-        yield
-
-
-@contextlib.contextmanager
-def own_thread_pool() -> Iterator[None]:
-    """Run dask's threaded scheduler on a pool of our own and wait for its threads at the end.
-
-    When a task fails, dask raises at once while other tasks may still be writing chunks; waiting
-    for them before the temporary target is removed is what makes the removal final. Other
-    schedulers (synchronous, processes, distributed) and a pool the user configured are left alone.
-    """
-    import dask
-    import dask.threaded
-    from dask.base import get_scheduler
-
-    if get_scheduler() not in (None, dask.threaded.get) or dask.config.get("pool", None) is not None:
-        yield
-        return
-    executor_class = getattr(dask.threaded, "ContextAwareThreadPoolExecutor", None)
-    if executor_class is None:  # pragma: no cover - older dask
-        from concurrent.futures import ThreadPoolExecutor as executor_class
-    workers = dask.config.get("num_workers", None) or dask.threaded.CPU_COUNT
-    pool = executor_class(workers)
-    try:
-        with dask.config.set(pool=pool):
-            yield
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def write_atomically(
-    target: str | os.PathLike[str],
-    write: Callable[[Path], None],
-    *,
-    overwrite: bool,
-    progress: bool,
-    needed_bytes: int | None,
-) -> Path:
-    """Run ``write(temporary_path)`` beside ``target`` and rename on success; clear errors otherwise."""
-    from neuroxr.formats._atomic import atomic_target
-
-    if needed_bytes is not None:
-        check_free_space(target, needed_bytes)
-    with atomic_target(target, overwrite=overwrite) as temporary:
-        try:
-            with own_thread_pool(), progress_bar(progress, f"writing {Path(target).name}"):
-                write(temporary)
-        except (OSError, RuntimeError) as error:
-            explained = explain_write_error(error, target)
-            if explained is error:
-                raise
-            raise explained from error
-    return Path(target)
+    """Bytes of every variable of the prepared Datasets: what an uncompressed export writes."""
+    return sum(int(variable.nbytes) for ds in nodes.values() for variable in ds.variables.values())

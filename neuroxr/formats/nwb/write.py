@@ -4,17 +4,17 @@ The mapping is in ``docs/nwb.md``. Small things (tables, labels, behaviour, stat
 memory; the big ones stream block by block from the dask arrays, the next block computed in a
 background thread while the current one is written:
 
-- responses go through an hdmf ``GenericDataChunkIterator`` (``nwb_streams``). Rows are written in presentation order
+- responses go through an hdmf ``GenericDataChunkIterator`` (``streams``). Rows are written in presentation order
   (NWB times must ascend) while a scan's files usually are not; when the orders differ the responses
   are first spilled in file order to a raw scratch file (in the background, while pynwb builds the
   file) and read back row by row, so the source is read once and never held whole in memory.
-- images (``nwb_images``): pynwb writes the structure with a placeholder; then one pass over the image blocks adds
+- images (``images``): pynwb writes the structure with a placeholder; then one pass over the image blocks adds
   each distinct image (per image id, compared byte for byte) with h5py's low-level API and the
   attributes pynwb would give it, as uint8 where that is exact. pynwb itself spends milliseconds on
   each of thousands of Image objects.
 
 Everything xarray and NWB cannot say to each other (dtypes, attributes, label coordinates, the
-Dataset's trial order) goes into a JSON document in ``/scratch/neuroxr_layout``; ``nwb_read`` follows
+Dataset's trial order) goes into a JSON document in ``/scratch/neuroxr_layout``; ``read`` follows
 it back to the identical Dataset. Scratch files sit beside the target and are removed at the end.
 """
 
@@ -33,17 +33,12 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuroxr import model
-from neuroxr.formats import nwb as names
-from neuroxr.formats.nwb_images import ImageGroup, write_distinct_images
-from neuroxr.formats.nwb_streams import (
-    BackgroundRows,
-    BlockStream,
-    ForwardRows,
-    SpilledRows,
-    iterator_class,
-    progress_bar,
-)
+from neuroxr import datamodel
+from neuroxr.formats.nwb import mapping as names
+from neuroxr.formats.nwb.mapping import json_attrs, json_value
+from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
+from neuroxr.formats._write import BlockStream, progress_bar
+from neuroxr.formats.nwb.streams import BackgroundRows, ForwardRows, SpilledRows, iterator_class
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +207,7 @@ DESCRIPTIONS = {
     "frame_image_class": "class of the image shown",
     "frame_trial_ts": "trial time as stored by the release (pandas Timestamp text, 1 s resolution)",
     "condition_hash": "stimulus condition hash",
-    model.WITHHELD_COORD: "True where the release withholds the responses (written as NaN)",
+    datamodel.WITHHELD_COORD: "True where the release withholds the responses (written as NaN)",
     "area": "brain area as the release names it (e.g. V1)",
     "layer": "cortical layer",
     "animal_id": "animal id",
@@ -232,24 +227,10 @@ ROIS_RESERVED = {"id", "image_mask", "pixel_mask", "pixel_mask_index", "voxel_ma
 JSON_VALUES_LIMIT = 4096
 
 
-def _json_scalar(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (list, tuple)):
-        return [_json_scalar(item) for item in value]
-    return value
-
-
-def _json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
-    return {str(key): _json_scalar(value) for key, value in attrs.items()}
-
-
 def _describe(name: str, variable: xr.Variable) -> str:
     dims = ", ".join(map(str, variable.dims))
     text = DESCRIPTIONS.get(name) or str(variable.attrs.get("long_name") or f"{name} (dims {dims})")
-    source = variable.attrs.get(model.FILE_ATTR)
+    source = variable.attrs.get(datamodel.FILE_ATTR)
     return f"{text}; release file {source}" if source and source not in text else text
 
 
@@ -314,7 +295,7 @@ class NWBScanWriter:
         self.layout: dict[str, Any] = {
             "format": names.LAYOUT_FORMAT,
             "version": names.LAYOUT_VERSION,
-            "attrs": _json_attrs(ds.attrs),
+            "attrs": json_attrs(ds.attrs),
             "data_vars": [str(name) for name in ds.data_vars],
             "coords": [str(name) for name in ds.coords],
             "variables": {},
@@ -395,7 +376,7 @@ class NWBScanWriter:
             "dims": [str(dim) for dim in variable.dims],
             "shape": [int(size) for size in variable.shape],
             "dtype": variable.dtype.str,
-            "attrs": _json_attrs(variable.attrs),
+            "attrs": json_attrs(variable.attrs),
             "store": store,
         }
 
@@ -554,7 +535,7 @@ class NWBScanWriter:
         for name, coord in ds.coords.items():
             if name == "trial" or not coord.dims or coord.dims[0] != "trial" or "neuron" in coord.dims:
                 continue
-            wanted = WITHHELD_COLUMN if name == model.WITHHELD_COORD else str(name)
+            wanted = WITHHELD_COLUMN if name == datamodel.WITHHELD_COORD else str(name)
             column = _unique_name(wanted, taken, TRIALS_RESERVED)
             values = self._in_rows(np.asarray(coord.values))
             columns.append(VectorData(name=column, description=_describe(str(name), coord.variable), data=values))
@@ -725,7 +706,7 @@ class NWBScanWriter:
 
     # -- behaviour ------------------------------------------------------------------------------
     def _wholly_withheld(self, name: str, values: np.ndarray) -> bool:
-        withheld = {part.strip() for part in str(self.ds.attrs.get("withheld", "")).split(",")}
+        withheld = datamodel.withheld_variables(self.ds.attrs)
         return name in withheld and values.size > 0 and values.dtype.kind == "f" and bool(np.isnan(values).all())
 
     def _behavior(self, nwbfile: Any) -> None:
@@ -802,7 +783,7 @@ class NWBScanWriter:
                 values = np.asarray(variable.values)
                 if values.dtype.kind == "M":
                     values = values.astype(str)
-                self._record(name, variable, {"kind": "values", "values": _json_scalar(values)})
+                self._record(name, variable, {"kind": "values", "values": json_value(values)})
                 continue
             scratch_name = f"neuroxr_{name}" if name in (names.LAYOUT_NAME,) else str(name)
             description = f"neuroxr: the xarray variable {name!r} with dims ({', '.join(map(str, variable.dims))})"

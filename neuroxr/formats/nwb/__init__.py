@@ -4,7 +4,8 @@ The files use the core NWB types tools understand (PlaneSegmentation, RoiRespons
 IndexSeries, PupilTracking, BehavioralTimeSeries, EyeTracking, the trials table); what NWB has no
 place for is kept in a JSON layout document in ``/scratch``, so that ``open_nwb`` returns a Dataset
 identical to the one written. The mapping and its reasons are in ``docs/nwb.md``; the writer is
-``nwb_write``, the reader ``nwb_read``. A DataTree of scans becomes a folder of files, one per scan.
+:mod:`~neuroxr.formats.nwb.write`, the reader :mod:`~neuroxr.formats.nwb.read`, the names they share
+:mod:`~neuroxr.formats.nwb.mapping`. A DataTree of scans becomes a folder of files, one per scan.
 """
 
 from __future__ import annotations
@@ -16,26 +17,11 @@ from typing import Any
 
 import xarray as xr
 
-from neuroxr.formats._atomic import atomic_target, refuse_to_overwrite_source
-from neuroxr.formats._encoding import sources
-
-#: The JSON document that maps the file back onto the Dataset: /scratch/<LAYOUT_NAME>.
-LAYOUT_NAME = "neuroxr_layout"
-LAYOUT_FORMAT = "neuroxr-nwb"
-LAYOUT_VERSION = 1
-NWB_SUFFIX = ".nwb"
-
-#: Names and HDF5 paths of the objects the writer creates (the reader follows the layout document).
-PLANE_SEGMENTATION = "PlaneSegmentation"
-ROIS_PATH = f"processing/ophys/ImageSegmentation/{PLANE_SEGMENTATION}"
-RESPONSES = "Deconvolved"
-RESPONSES_PATH = f"processing/ophys/Fluorescence/{RESPONSES}"
-TRIALS_PATH = "intervals/trials"
-IMAGES = "StimulusImages"
-IMAGES_PATH = f"stimulus/templates/{IMAGES}"
-PRESENTATION = "StimulusPresentation"
-PRESENTATION_PATH = f"stimulus/presentation/{PRESENTATION}"
-BEHAVIOR_PATH = "processing/behavior"
+from neuroxr.formats._prepare import data_sources, node_datasets, uncompressed_bytes
+from neuroxr.formats._write import write_atomically
+from neuroxr.formats.nwb.mapping import NWB_SUFFIX, json_attrs
+from neuroxr.formats.nwb.read import open_nwb_file
+from neuroxr.formats.nwb.write import ExportOptions, write_scan
 
 
 def to_nwb(
@@ -64,13 +50,11 @@ def to_nwb(
     is ``"gzip"`` (level ``compression_level``), ``"lzf"`` or None. The file is written under a
     temporary name and renamed at the end; an existing target needs ``overwrite=True``.
 
-    >>> import neuroxr
-    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
-    >>> neuroxr.to_nwb(ds, "21067-10-18.nwb", subject={"age": "P12W/P16W"}, progress=True)  # doctest: +SKIP
-    PosixPath('21067-10-18.nwb')
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> path = neuroxr.to_nwb(ds, tmp / "30001-2-3.nwb", subject={"age": "P12W/P16W"})
+    >>> neuroxr.open_nwb(path).responses.shape
+    (60, 20)
     """
-    from neuroxr.formats.nwb_write import ExportOptions, write_scan
-
     options = ExportOptions(
         subject=subject,
         session=session,
@@ -81,28 +65,25 @@ def to_nwb(
         compression_level=compression_level,
         progress=progress,
     )
-    target = Path(path)
-    refuse_to_overwrite_source(sources(data), target)
     if isinstance(data, xr.DataTree):
         scans = _tree_scans(data)
-        root_attrs = {str(key): value for key, value in data.attrs.items()}
-        with atomic_target(target, overwrite=overwrite) as temporary:
+        tree_attrs = json_attrs(data.attrs)
+
+        def write(temporary: Path) -> None:
             temporary.mkdir()
             for name, ds in scans.items():
-                options.tree = {"name": name, "root_attrs": _plain(root_attrs)}
+                options.tree = {"name": name, "root_attrs": tree_attrs}
                 write_scan(ds, temporary / f"{name}{NWB_SUFFIX}", options)
-        return target
-    if not isinstance(data, xr.Dataset):
+
+    elif isinstance(data, xr.Dataset):
+
+        def write(temporary: Path) -> None:
+            write_scan(data, temporary, options)
+
+    else:
         raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")
-    with atomic_target(target, overwrite=overwrite) as temporary:
-        write_scan(data, temporary, options)
-    return target
-
-
-def _plain(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    from neuroxr.formats.nwb_write import _json_attrs
-
-    return _json_attrs(attrs)
+    needed = None if compression else uncompressed_bytes(node_datasets(data))
+    return write_atomically(path, write, sources=data_sources(data), overwrite=overwrite, needed_bytes=needed)
 
 
 def _tree_scans(tree: xr.DataTree) -> dict[str, xr.Dataset]:
@@ -132,11 +113,11 @@ def open_nwb(
     whose tasks open the file by path (the graph pickles, so it runs on ``dask.distributed``);
     ``chunks`` is the number of trials per chunk (default: about 64 MB of the largest variable).
 
-    >>> ds = neuroxr.open_nwb("21067-10-18.nwb")  # doctest: +SKIP
-    >>> tree = neuroxr.open_nwb("sensorium-nwb/")  # doctest: +SKIP
+    >>> path = neuroxr.to_nwb(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "scan.nwb")
+    >>> ds = neuroxr.open_nwb(path)
+    >>> ds.responses.chunks is not None
+    True
     """
-    from neuroxr.formats.nwb_read import open_nwb_file
-
     target = Path(path)
     if target.is_dir():
         files = sorted(

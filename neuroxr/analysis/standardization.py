@@ -23,8 +23,8 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from neuroxr import model
-from neuroxr.errors import ScanError
+from neuroxr import datamodel
+from neuroxr.errors import DatasetError
 
 #: The official threshold: a response std below this fraction of the mean std is raised to it.
 RESPONSE_STD_FLOOR = 0.01
@@ -71,30 +71,34 @@ def _reciprocal_or_nan(std: xr.DataArray) -> xr.DataArray:
 
 def _statistic(statistics: xr.Dataset, data: xr.DataArray, variable: str, statistic: str, release: str) -> xr.DataArray:
     """One statistic (subset ``all``) of ``variable`` from a Dataset of ``*_statistics``; checks what it finds."""
-    name = model.statistics_name(variable)
-    where = f"{release}/{model.statistics_file(variable, model.MAIN_SUBSET, statistic)}"
+    name = datamodel.statistics_name(variable)
+    relative = datamodel.statistics_file(variable, datamodel.MAIN_SUBSET, statistic)
     hint = "; pass statistics='train' to compute the statistics from the train tier"
+
+    def problem(text: str) -> DatasetError:
+        return DatasetError(f"{release}: the {statistic} of {variable} (release file {relative}): {text}")
+
     if name not in statistics.data_vars:
-        raise ScanError(where, f"expected the variable {name!r} holding the stored statistics, found none{hint}")
+        raise problem(f"expected the variable {name!r} holding the stored statistics, found none{hint}")
     stored = statistics[name]
-    for dim, label in (("subset", model.MAIN_SUBSET), ("statistic", statistic)):
+    for dim, label in (("subset", datamodel.MAIN_SUBSET), ("statistic", statistic)):
         if label not in stored.indexes.get(dim, ()):
-            raise ScanError(where, f"expected {dim}={label!r} in {name!r}, found {list(stored.indexes.get(dim, []))}{hint}")
-    values = stored.sel(subset=model.MAIN_SUBSET, statistic=statistic, drop=True)
+            raise problem(f"expected {dim}={label!r} in {name!r}, found {list(stored.indexes.get(dim, []))}{hint}")
+    values = stored.sel(subset=datamodel.MAIN_SUBSET, statistic=statistic, drop=True)
     if not set(values.dims) <= set(data.dims):
-        raise ScanError(where, f"expected statistics over dims of {variable!r} {data.dims}, found {values.dims}")
+        raise problem(f"expected statistics over dims of {variable!r} {data.dims}, found {values.dims}")
     if values.chunks is None and bool(values.isnull().all()):
-        raise ScanError(where, f"expected stored {statistic} values, found only NaN (file absent){hint}")
+        raise problem(f"expected stored {statistic} values, found only NaN (file absent){hint}")
     return values
 
 
 def _train_mask(ds: xr.Dataset) -> np.ndarray:
     if "tier" not in ds.coords:
-        raise ValueError("statistics of the train tier need the 'tier' coordinate on trial (meta/trials/tiers.npy), found none")
+        raise DatasetError("statistics of the train tier need the 'tier' coordinate on trial (meta/trials/tiers.npy), found none")
     train = np.asarray(ds["tier"].values) == "train"
     if not train.any():
         found = sorted(set(ds["tier"].values.tolist()))
-        raise ValueError(f"statistics of the train tier need train trials, found only tiers {found}")
+        raise DatasetError(f"statistics of the train tier need train trials, found only tiers {found}")
     return train
 
 
@@ -157,7 +161,7 @@ def _train_statistics_of(data: xr.DataArray, train: np.ndarray, variable: str) -
     coords = {name: coord.variable for name, coord in data.coords.items() if set(coord.dims) <= set(kept)}
     statistics = [xr.DataArray(value, dims=kept, coords=coords) for value in (mean, std)]
     values = xr.concat(statistics, "statistic").assign_coords(statistic=["mean", "std"])
-    values = values.expand_dims(subset=[model.MAIN_SUBSET]).astype(np.float32)
+    values = values.expand_dims(subset=[datamodel.MAIN_SUBSET]).astype(np.float32)
     values.attrs = {"long_name": f"{variable} statistics over the train tier (std with ddof=1)"}
     return values
 
@@ -173,8 +177,8 @@ def train_statistics(ds: xr.Dataset, variables: Sequence[str] | None = None) -> 
     >>> stats.responses_statistics.sel(subset="all", statistic="std").compute()  # doctest: +SKIP
     """
     train = _train_mask(ds)
-    names = [name for name in model.DATA_VARIABLES if name in ds.data_vars] if variables is None else list(variables)
-    return xr.Dataset({model.statistics_name(name): _train_statistics_of(ds[name], train, name) for name in names})
+    names = [name for name in datamodel.DATA_VARIABLES if name in ds.data_vars] if variables is None else list(variables)
+    return xr.Dataset({datamodel.statistics_name(name): _train_statistics_of(ds[name], train, name) for name in names})
 
 
 def _statistics_source(ds: xr.Dataset, statistics: str, variables: Sequence[str]) -> xr.Dataset:
@@ -241,7 +245,7 @@ def standardize(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> x
     if ds.attrs.get(STANDARDIZED_ATTR):
         done = ds.attrs[STANDARDIZED_ATTR]
         raise ValueError(f"expected a Dataset on the stored scale, found one already standardised ({done})")
-    variables = [name for name in model.DATA_VARIABLES if name in ds.data_vars]
+    variables = [name for name in datamodel.DATA_VARIABLES if name in ds.data_vars]
     source = _statistics_source(ds, statistics, variables)
     result = ds.copy()
     for variable in variables:

@@ -1,0 +1,258 @@
+"""Write a scan Dataset back to the Sensorium release layout: a scan folder, or a .zip holding one.
+
+The layout (see ``docs/sensorium-format.md``)::
+
+    data/{images,responses,behavior,pupil_center}/{k}.npy   one file per trial
+    meta/trials/*.npy  meta/neurons/*.npy                    one array per coordinate
+    meta/statistics/{variable}/{subset}/{statistic}.npy
+
+Trial files are numbered by position: ``data/*/{k}.npy`` and row ``k`` of every meta/trials array
+hold the k-th trial along the Dataset's ``trial`` dimension, whatever its ``trial`` labels are
+(after ``ds.isel(trial=[7, 3])`` they become 0.npy and 1.npy). Each coordinate goes to the file
+named by its ``sensorium_file`` attribute (the contract's coordinates fall back to their release
+names when the attribute is missing); derived coordinates such as ``responses_withheld`` and any
+other coordinate without a release file are not written. Withheld cells are written as the
+release ships them: zeros. Statistics that are all NaN stand for absent files and are not written.
+
+Every .npy file is byte-identical to what ``np.save`` writes for the same array. Data is streamed
+block by block along the Dataset's dask chunks, so a scan larger than memory can be written.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+
+from neuroxr import chunking, datamodel
+from neuroxr.formats._prepare import data_sources, uncompressed_bytes
+from neuroxr.formats._write import BlockStream, progress_bar, write_atomically
+from neuroxr.formats.release.writers import FolderWriter, ReleaseWriter, ZipWriter, as_saveable
+from neuroxr.npy import file_bytes, header_bytes
+
+#: At most this many blocks are computed ahead (in parallel) while one is being written ...
+MAX_PARALLEL_BLOCKS = 4
+#: ... and at most about this many bytes of them.
+BYTES_IN_FLIGHT = 256 * 2**20
+
+COMPRESSIONS = {None: zipfile.ZIP_STORED, "stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
+
+# Release file stems of the contract's coordinates, for coordinates that lost their
+# ``sensorium_file`` attribute. Coordinate name -> file stem.
+_TRIAL_FALLBACK = {
+    **{name: name for name in ("trial_idx", "frame_image_class", "frame_trial_ts", "condition_hash")},
+    **{coord: stem for stem, coord in datamodel.TRIAL_RENAMES.items()},
+    **{f"{datamodel.TRIAL_CLASH_PREFIX}{name}": name for name in ("animal_id", "session", "scan_idx")},
+}
+_NEURON_FALLBACK = {
+    **{name: name for name in ("area", "layer", "scan_idx", "cell_motor_coordinates")},
+    **{coord: stem for stem, coord in datamodel.NEURON_RENAMES.items()},
+    "neuron": datamodel.NEURON_INDEX_FILE,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# xarray glue: what goes into which file
+# --------------------------------------------------------------------------------------------
+def _coordinate_file(name: str, coord: xr.DataArray) -> str | None:
+    """Release path of a coordinate, or None for a coordinate that has no release file."""
+    path = coord.attrs.get(datamodel.FILE_ATTR)
+    if path is not None:
+        return str(path) if str(path).endswith(".npy") else None
+    if name == datamodel.WITHHELD_COORD:
+        return None
+    if "trial" in coord.dims and name in _TRIAL_FALLBACK:
+        return f"{datamodel.TRIALS_DIR}/{_TRIAL_FALLBACK[name]}.npy"
+    if "neuron" in coord.dims and name in _NEURON_FALLBACK:
+        return f"{datamodel.NEURONS_DIR}/{_NEURON_FALLBACK[name]}.npy"
+    return None
+
+
+def _meta_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Release path -> array of every meta/trials and meta/neurons file."""
+    files: dict[str, np.ndarray] = {}
+    for name, coord in ds.coords.items():
+        leading = [dim for dim in ("trial", "neuron") if dim in coord.dims]
+        if not leading:
+            continue
+        path = _coordinate_file(str(name), coord)
+        if path is None:
+            continue
+        values = coord.transpose(*leading, ...).values
+        files[path] = as_saveable(values, f"coordinate {name!r} ({path})")
+    return files
+
+
+def _statistics_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """Release path -> array of every statistics file present (not all NaN)."""
+    files: dict[str, np.ndarray] = {}
+    for variable in datamodel.DATA_VARIABLES:
+        name = datamodel.statistics_name(variable)
+        if name not in ds:
+            continue
+        statistics = ds[name]
+        for dim in ("subset", "statistic"):
+            if dim not in statistics.dims:  # e.g. after ds.sel(subset="all")
+                if dim not in statistics.coords:
+                    raise ValueError(f"{name}: expected a {dim!r} dimension or coordinate, found neither")
+                statistics = statistics.expand_dims(dim)
+        statistics = statistics.transpose("subset", "statistic", ...)
+        folder = str(statistics.attrs.get(datamodel.FILE_ATTR, f"{datamodel.STATISTICS_DIR}/{variable}"))
+        values = statistics.values
+        for i, subset in enumerate(statistics["subset"].values.tolist()):
+            for j, statistic in enumerate(statistics["statistic"].values.tolist()):
+                array = np.asarray(values[i, j])
+                if array.dtype.kind == "f" and np.isnan(array).all():
+                    continue
+                files[f"{folder}/{subset}/{statistic}.npy"] = array
+    return files
+
+
+@dataclass
+class _DataFiles:
+    """One data variable's per-trial files."""
+
+    name: str
+    variable: xr.Variable  # dims (trial, ...)
+    folder: str
+    header: bytes
+    zero_rows: np.ndarray | None  # trials whose values are withheld (written as zeros)
+    zero_nan: bool  # write NaN cells as zeros (the variable is named in attrs["withheld"])
+
+    @property
+    def bytes_per_trial(self) -> int:
+        return int(self.variable.dtype.itemsize * np.prod(self.variable.shape[1:], dtype=np.int64))
+
+    def block(self, values: np.ndarray, start: int) -> np.ndarray:
+        """The block of trials from ``start`` as contiguous stored values (withheld cells zeroed)."""
+        values = np.ascontiguousarray(values, dtype=self.variable.dtype)
+        rows = None if self.zero_rows is None else self.zero_rows[start : start + len(values)]
+        if (rows is not None and rows.any()) or self.zero_nan:
+            values = values.copy()  # never modify the computed array in place: it may be a view
+            if rows is not None:
+                values[rows] = 0
+            if self.zero_nan and values.dtype.kind == "f":
+                values[np.isnan(values)] = 0
+        return values
+
+
+def _data_files(ds: xr.Dataset) -> list[_DataFiles]:
+    withheld = datamodel.withheld_variables(ds.attrs)
+    withheld_rows = None
+    if datamodel.WITHHELD_COORD in ds.coords and ds[datamodel.WITHHELD_COORD].dims == ("trial",):
+        withheld_rows = np.asarray(ds[datamodel.WITHHELD_COORD].values, dtype=bool)
+    plan = []
+    for name in datamodel.DATA_VARIABLES:
+        if name not in ds.data_vars:
+            continue
+        variable = ds[name].variable
+        if "trial" not in variable.dims:
+            raise ValueError(f"{name}: expected a 'trial' dimension, found dims {variable.dims}")
+        if variable.dtype.kind not in "biuf":
+            raise ValueError(f"{name}: expected a numeric dtype, found {variable.dtype}")
+        variable = variable.transpose("trial", ...)
+        zero_rows = withheld_rows if name == "responses" else None
+        zero_nan = name in withheld and zero_rows is None
+        plan.append(
+            _DataFiles(
+                name=name,
+                variable=variable,
+                folder=str(ds[name].attrs.get(datamodel.FILE_ATTR, f"{datamodel.DATA_DIR}/{name}")),
+                header=header_bytes(variable.dtype, variable.shape[1:]),
+                zero_rows=zero_rows,
+                zero_nan=zero_nan,
+            )
+        )
+    return plan
+
+
+def _trial_blocks(plan: list[_DataFiles]) -> tuple[int, ...]:
+    """Trials per written block: the trial chunks of the largest dask variable, else the chunk policy's."""
+    n_trials = plan[0].variable.shape[0]
+    chunked = [files for files in plan if files.variable.chunks is not None]
+    if chunked:
+        largest = max(chunked, key=lambda files: files.bytes_per_trial)
+        return tuple(int(size) for size in largest.variable.chunks[0] if size)  # type: ignore[index]
+    per_block = chunking.trials_per_chunk(max(files.bytes_per_trial for files in plan), n_trials)
+    return tuple(min(per_block, n_trials - start) for start in range(0, n_trials, per_block))
+
+
+def _block_stream(plan: list[_DataFiles]) -> BlockStream:
+    """The data variables' blocks, computed together (they may share inputs), a few ahead."""
+    import dask.array as da
+
+    chunks = _trial_blocks(plan)
+    arrays = []
+    for files in plan:
+        data = files.variable.data
+        if not isinstance(data, da.Array):
+            data = da.from_array(np.asarray(files.variable.values), chunks=(chunks, *files.variable.shape[1:]))
+        arrays.append(data.rechunk({0: chunks}))
+    block_bytes = max(chunks) * sum(files.bytes_per_trial for files in plan)
+    ahead = max(1, min(os.cpu_count() or 1, MAX_PARALLEL_BLOCKS, BYTES_IN_FLIGHT // max(block_bytes, 1)))
+    return BlockStream(arrays, ahead=ahead)
+
+
+def _write_scan(ds: xr.Dataset, writer: ReleaseWriter, progress: bool, description: str) -> None:
+    plan = _data_files(ds)
+    arrays = {**_meta_files(ds), **_statistics_files(ds)}
+    for folder in sorted({path.rsplit("/", 1)[0] for path in arrays} | {data_files.folder for data_files in plan}):
+        writer.mkdir(folder)
+    for path, array in arrays.items():
+        writer.write(path, file_bytes(array))
+    if not plan or plan[0].variable.shape[0] == 0:
+        return
+    stream = _block_stream(plan)
+    with progress_bar(progress, total=len(stream), desc=description) as bar:
+        for start, blocks in stream:
+            for data_files, values in zip(plan, blocks, strict=True):
+                writer.write_trials(data_files.folder, start, data_files.header, data_files.block(values, start))
+            bar.update()
+
+
+def to_folder(
+    ds: xr.Dataset,
+    path: str | os.PathLike[str],
+    *,
+    zip: bool = False,
+    compression: str | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> Path:
+    """Write a scan Dataset in the release layout: a scan folder at ``path``, or a .zip with ``zip=True``.
+
+    The .zip holds one top-level folder named ``ds.attrs["release_name"]`` (else the file stem),
+    its members stored, or deflated with ``compression="deflated"``. Trial files are numbered by
+    position along ``trial``. Variables missing from ``ds`` are not written. The target appears
+    only when complete; an existing one is replaced only with ``overwrite=True``; the scan ``ds``
+    was read from is never overwritten. ``progress=True`` shows a bar over the written blocks.
+
+    >>> path = to_folder(neuroxr.make_scan(n_trials=40, n_neurons=8), tmp / "scan.zip", zip=True)
+    >>> neuroxr.open_scan(path).responses.shape
+    (40, 8)
+    """
+    target = Path(path)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"{target}: expected compression None, 'stored' or 'deflated', found {compression!r}")
+    if compression is not None and not zip:
+        raise ValueError(f"{target}: compression={compression!r} applies only with zip=True")
+    description = f"writing {target.name}"
+
+    def write(temporary: Path) -> None:
+        if zip:
+            top = str(ds.attrs.get("release_name") or (target.stem if target.suffix == ".zip" else target.name))
+            with zipfile.ZipFile(temporary, "w", compression=COMPRESSIONS[compression]) as archive:
+                _write_scan(ds, ZipWriter(archive, top, COMPRESSIONS[compression]), progress, description)
+        else:
+            writer = FolderWriter(temporary)
+            try:
+                _write_scan(ds, writer, progress, description)
+            finally:
+                writer.close()
+
+    needed = None if compression == "deflated" else uncompressed_bytes({"/": ds})
+    return write_atomically(target, write, sources=data_sources(ds), overwrite=overwrite, needed_bytes=needed)

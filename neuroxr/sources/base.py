@@ -1,0 +1,131 @@
+"""What every source offers: the :class:`Source` and :class:`Series` protocols, and helpers they share.
+
+A *source* is where the bytes of a scan are. It lists the files under its root, reads whole small
+files (one at a time or many in one batch), narrows itself to a folder inside it, and hands out
+*series*: numbered files (``dir/0.npy``, ``dir/1.npy``, ...) that a worker reads by number into
+caller-supplied buffers, many at a time. Series hold paths and offsets only, never an open handle,
+so they pickle small and work on any dask scheduler. Nothing here knows about Sensorium or .npy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+#: Entries every source ignores: macOS resource forks and Finder files.
+IGNORED_PARTS = ("__MACOSX",)
+IGNORED_PREFIXES = ("._",)
+IGNORED_NAMES = (".DS_Store",)
+
+Buffers = Sequence[memoryview]
+
+
+def is_ignored(relative: str) -> bool:
+    """True for archive clutter (``__MACOSX/``, ``._x``, ``.DS_Store``) that is never part of a scan.
+
+    >>> is_ignored("__MACOSX/scan/._data"), is_ignored("scan/data/0.npy")
+    (True, False)
+    """
+    parts = relative.split("/")
+    return (
+        any(part in IGNORED_PARTS for part in parts)
+        or parts[-1] in IGNORED_NAMES
+        or parts[-1].startswith(IGNORED_PREFIXES)
+    )
+
+
+def group_by_folder(relatives: Iterable[str]) -> dict[str, list[str]]:
+    """Relative paths as ``{folder: [file names]}``, archive clutter left out.
+
+    >>> group_by_folder(["meta/a.npy", "meta/b.npy", "x.txt"])
+    {'meta': ['a.npy', 'b.npy'], '': ['x.txt']}
+    """
+    folders: dict[str, list[str]] = {}
+    for relative in relatives:
+        if not is_ignored(relative):
+            folder, _, name = relative.rpartition("/")
+            folders.setdefault(folder, []).append(name)
+    return folders
+
+
+def copy_into(data: bytes | memoryview, buffers: Buffers) -> int:
+    """Copy ``data`` into ``buffers`` in turn, as far as they reach; return the bytes copied.
+
+    >>> target = bytearray(3); copy_into(b"abcdef", [memoryview(target)]), bytes(target)
+    (3, b'abc')
+    """
+    view = memoryview(data)
+    done = 0
+    for buffer in buffers:
+        take = min(len(buffer), len(view) - done)
+        if take <= 0:
+            break
+        buffer[:take] = view[done : done + take]
+        done += take
+    return done
+
+
+def limit_to(buffers: Buffers, size: int) -> list[memoryview]:
+    """The leading part of ``buffers`` that holds at most ``size`` bytes (never read past a file)."""
+    kept: list[memoryview] = []
+    for buffer in buffers:
+        take = min(len(buffer), size)
+        if take <= 0:
+            break
+        kept.append(buffer[:take])
+        size -= take
+    return kept
+
+
+class Series(Protocol):
+    """Numbered files ``{directory}/{k}{suffix}``, read by number; picklable."""
+
+    def label(self, number: int) -> str:
+        """Where file ``number`` is, as a user would find it."""
+        ...
+
+    def size(self, number: int) -> int:
+        """The size of file ``number`` in bytes (uncompressed), without reading it."""
+        ...
+
+    def read(self, number: int) -> bytes:
+        """The whole file ``number``."""
+        ...
+
+    def read_into(self, numbers: Sequence[int], buffers: Sequence[Buffers]) -> list[int]:
+        """Fill ``buffers[k]`` in turn with the leading bytes of file ``numbers[k]``, for every k.
+
+        Returns the bytes placed for each file (less than the buffers hold when the file is shorter).
+        Never reads past the end of a file. Sources that fetch over a network fetch them together.
+        """
+        ...
+
+
+class Source(Protocol):
+    """The files under one folder: a scan folder, an archive, a folder inside an archive, a URL."""
+
+    name: str  #: the folder's name (for a scan: its release name), or the archive's stem
+
+    def listing(self) -> dict[str, list[str]]:
+        """Every file under the root, as ``{folder: [file names]}`` (POSIX, relative to the root)."""
+        ...
+
+    def label(self, relative: str) -> str:
+        """Where a file is, as a user would find it."""
+        ...
+
+    def read(self, relative: str) -> bytes:
+        """A whole (small) file."""
+        ...
+
+    def read_many(self, relatives: Sequence[str]) -> list[bytes]:
+        """Several whole (small) files, in the order asked; one batch of requests where that helps."""
+        ...
+
+    def within(self, folder: str) -> Source:
+        """The same source with its root moved down to ``folder`` (relative; "" is the root itself)."""
+        ...
+
+    def series(self, directory: str, count: int, suffix: str) -> Series:
+        """The numbered files ``directory/0{suffix}`` .. ``directory/{count-1}{suffix}``."""
+        ...
