@@ -78,7 +78,7 @@ def run_neuroxr(scan: Path) -> tuple:
 
     import neuroxr
     from neuroxr import metrics
-    from neuroxr.standardization import train_statistics
+    from neuroxr.analysis.standardization import train_statistics
 
     ds = neuroxr.open_scan(scan)
     train = train_statistics(ds, ["responses"]).responses_statistics.sel(subset="all")
@@ -115,7 +115,7 @@ def measure(method: str, scan: Path) -> dict[str, object]:
 
 
 def build(root: Path, small: bool) -> Path:
-    from neuroxr.formats.folder import to_folder
+    from neuroxr.formats.release import to_folder
     from neuroxr.synthetic import make_scan
 
     started = time.perf_counter()

@@ -202,7 +202,7 @@ def measure(who: str, kind: str, folder: Path, target: Path, block: int, cold: b
 
 def convert(sizes: list[int], workdir: Path, repeats: int, cold: bool) -> None:
     import neuroxr
-    from neuroxr.formats.folder import to_folder
+    from neuroxr.formats.release import to_folder
 
     print(f"# convert: cpus={os.cpu_count()}, workdir={workdir}")
     print("| trials | data GB | format | neuroxr s | baseline s | neuroxr MB/s | baseline MB/s | ratio | neuroxr peak RSS MB | baseline peak RSS MB |")

@@ -43,7 +43,7 @@ def _source(workdir: Path) -> Any:
 
     folder = workdir / "release-scan"
     try:
-        from neuroxr.formats.folder import to_folder
+        from neuroxr.formats.release import to_folder
     except ImportError:  # no folder sink: straight from the generator
         return neuroxr.make_scan(preset="release")
     if not (folder / "meta").is_dir():
@@ -60,9 +60,9 @@ def write_with_h5py(ds: Any, path: Path, compression: str | None, level: int) ->
     """The baseline: the arrays the NWB file holds, written with h5py, same chunks and compression."""
     import h5py
 
-    from neuroxr.formats.nwb_images import exact_as_uint8
-    from neuroxr.formats.nwb_streams import BlockStream
-    from neuroxr.formats.nwb_write import response_chunks
+    from neuroxr.formats.nwb.images import exact_as_uint8
+    from neuroxr.formats._write import BlockStream
+    from neuroxr.formats.nwb.write import response_chunks
 
     options: dict[str, Any] = {}
     if compression == "gzip":
@@ -99,7 +99,7 @@ def run_case(case: str, workdir: Path, compression: str | None, level: int) -> d
     import pynwb  # noqa: F401
 
     import neuroxr
-    from neuroxr.formats import nwb_read, nwb_write  # noqa: F401
+    import neuroxr.formats.nwb  # noqa: F401
 
     if case == "read":
         opened = neuroxr.open_nwb(workdir / "scan.nwb")

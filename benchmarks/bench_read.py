@@ -30,7 +30,7 @@ import numpy as np
 import xarray as xr
 
 import neuroxr
-from neuroxr.formats.folder import to_folder
+from neuroxr.formats.release import to_folder
 from neuroxr.synthetic import make_scan
 
 
