@@ -18,7 +18,7 @@ import neuroxr
 from neuroxr.errors import ScanError, TargetExistsError
 from neuroxr.formats._write import BlockStream
 from neuroxr.formats.nwb.streams import ForwardRows, SpilledRows
-from neuroxr.formats.nwb.write import parse_trial_timestamps
+from neuroxr.formats.nwb.timeline import parse_trial_timestamps
 from neuroxr.formats.nwb import open_nwb, to_nwb
 from neuroxr.synthetic import make_scan
 

@@ -26,7 +26,6 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,145 +38,11 @@ from neuroxr.formats.nwb.mapping import json_attrs, json_value
 from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
 from neuroxr.formats._write import BlockStream, progress_bar
 from neuroxr.formats.nwb.streams import BackgroundRows, ForwardRows, SpilledRows, iterator_class
+from neuroxr.formats.nwb.timeline import Timing, dataset_rows, trial_time_axis
 
 
-# ----------------------------------------------------------------------------------------------
-# the time axis
-
-
-_TIMESTAMP = re.compile(r"^\s*Timestamp\(\s*'([^']*)'")
 #: The image pynwb writes in place of the images, which are added (and it removed) after pynwb.
 PLACEHOLDER_IMAGE = "neuroxr_placeholder"
-#: The session start written when a scan has no trial times (a visible placeholder).
-PLACEHOLDER_START = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def parse_trial_timestamps(values: np.ndarray) -> np.ndarray | None:
-    """``frame_trial_ts`` strings (``"Timestamp('2019-07-03 11:02:17')"``) as naive datetime64, or None.
-
-    Time-zone-aware values are converted to UTC; None when any value does not parse.
-
-    >>> parse_trial_timestamps(np.array(["Timestamp('2019-07-03 11:02:17')"]))
-    array(['2019-07-03T11:02:17.000000000'], dtype='datetime64[ns]')
-    """
-    import pandas as pd
-
-    if values.dtype.kind == "M":
-        return values.astype("datetime64[ns]")
-    if values.dtype.kind not in "UO" or values.size == 0:
-        return None
-    text = [match.group(1) if (match := _TIMESTAMP.match(str(value))) else str(value) for value in values]
-    parsed = pd.to_datetime(pd.Series(text), format="ISO8601", errors="coerce", utc=True)
-    if parsed.isna().any():
-        return None
-    return parsed.dt.tz_localize(None).to_numpy(dtype="datetime64[ns]")
-
-
-@dataclass(frozen=True)
-class TimeAxis:
-    """Where each trial sits in time: NWB row k holds Dataset trial ``rows[k]`` at ``start_times[k]`` s."""
-
-    rows: np.ndarray
-    start_times: np.ndarray
-    session_start: datetime
-    source: str  # "frame_trial_ts" or "synthetic"
-    rate: float | None  # set when the times are regular: series then use starting_time + rate
-    description: str
-
-    @property
-    def identity(self) -> bool:
-        return bool(np.array_equal(self.rows, np.arange(len(self.rows))))
-
-
-def _is_regular(times: np.ndarray) -> bool:
-    """The rule of nwbinspector's check_regular_timestamps: one distinct step (to 1 ns), not zero."""
-    if len(times) <= 2:
-        return False
-    steps = np.unique(np.round(np.diff(times), 9))
-    return len(steps) == 1 and steps[0] > 0
-
-
-def trial_time_axis(
-    ds: xr.Dataset, *, session_start: datetime | None = None, trial_period: float = 1.0
-) -> TimeAxis:
-    """The presentation order and trial times of a scan: real ones from ``frame_trial_ts``, else synthetic.
-
-    Rows are sorted by time, ties broken by an integer ``trial_idx`` (the true order) and then the
-    file number. Without parseable times, trials follow an integer ``trial_idx`` (else file order)
-    and trial k starts at ``k * trial_period`` seconds.
-
-    >>> axis = trial_time_axis(xr.Dataset(coords={"trial": [0, 1]}))
-    >>> axis.source, axis.start_times.tolist()
-    ('synthetic', [0.0, 1.0])
-    """
-    n = ds.sizes.get("trial", 0)
-    position = np.arange(n)
-    trial_idx = ds.coords.get("trial_idx")
-    integer_idx = trial_idx is not None and trial_idx.dims == ("trial",) and trial_idx.dtype.kind in "iu"
-    order_key = np.asarray(trial_idx.values, dtype=np.int64) if integer_idx else np.zeros(n, dtype=np.int64)
-    stamps_coord = ds.coords.get("frame_trial_ts")
-    stamps = None
-    if stamps_coord is not None and stamps_coord.dims == ("trial",) and n:
-        stamps = parse_trial_timestamps(np.asarray(stamps_coord.values))
-        if stamps is not None and n > 1 and stamps.min() == stamps.max():
-            stamps = None  # one time for every trial says nothing: NWB forbids constant trial times
-    if session_start is not None and session_start.tzinfo is None:
-        session_start = session_start.replace(tzinfo=timezone.utc)
-    if stamps is not None:
-        if session_start is None:
-            start = datetime.fromisoformat(str(stamps.min().astype("datetime64[s]"))).replace(tzinfo=timezone.utc)
-        else:
-            start = session_start
-        naive_start = np.datetime64(start.replace(tzinfo=None), "ns")
-        seconds = (stamps - naive_start) / np.timedelta64(1, "s")
-        if seconds.min() < 0:
-            raise ValueError(
-                f"session_start_time {start.isoformat()} is after the first trial "
-                f"({stamps.min()}); expected a start at or before every frame_trial_ts"
-            )
-        rows = np.lexsort((position, order_key, seconds))
-        times = seconds[rows].astype(np.float64)
-        zone = "UTC" if session_start is None or session_start.tzinfo is None else str(session_start.tzinfo)
-        description = (
-            "Trial times come from meta/trials/frame_trial_ts (1 s resolution; the release records no "
-            f"time zone, so the wall-clock times are written as {zone}). Rows are in presentation order; "
-            "the trials table id is the trial's file number."
-        )
-        return TimeAxis(rows, times, start, "frame_trial_ts", _rate(times), description)
-    rows = np.argsort(order_key, kind="stable") if integer_idx else position
-    times = np.arange(n, dtype=np.float64) * float(trial_period)
-    description = (
-        f"The scan has no trial times: trial k of the presentation order "
-        f"({'by trial_idx' if integer_idx else 'file order'}) starts at k x {trial_period:g} s. "
-        "This is a synthetic axis; the true timing is unknown."
-    )
-    start = session_start if session_start is not None else PLACEHOLDER_START
-    rate = 1.0 / float(trial_period) if n > 1 else None
-    return TimeAxis(rows, times, start, "synthetic", rate, description)
-
-
-def _rate(times: np.ndarray) -> float | None:
-    return float(1.0 / (times[1] - times[0])) if _is_regular(times) else None
-
-
-class _Timing:
-    """Timing arguments of the per-trial TimeSeries: explicit timestamps once, then links to them."""
-
-    def __init__(self, axis: TimeAxis) -> None:
-        self.axis = axis
-        self.first: Any = None
-
-    def __call__(self) -> dict[str, Any]:
-        if self.axis.rate is not None:
-            return {"starting_time": float(self.axis.start_times[0]), "rate": self.axis.rate}
-        if self.first is None:
-            return {"timestamps": self.axis.start_times}
-        return {"timestamps": self.first}
-
-    def written(self, series: Any) -> Any:
-        if self.first is None and self.axis.rate is None:
-            self.first = series
-        return series
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,7 +180,7 @@ class NWBScanWriter:
         self.axis = trial_time_axis(
             self.ds, session_start=session.get("session_start_time"), trial_period=self.options.trial_period
         )
-        self.timing = _Timing(self.axis)
+        self.timing = Timing(self.axis)
         try:
             self._check_session(session)
             self._start_spill()
@@ -326,7 +191,7 @@ class NWBScanWriter:
             self._responses(nwbfile)
             self._behavior(nwbfile)
             self._rest(nwbfile)
-            self.layout["dataset_rows"] = self._dataset_rows()
+            self.layout["dataset_rows"] = dataset_rows(self.ds, self.axis)
             nwbfile.add_scratch(
                 self._layout_text(),
                 name=names.LAYOUT_NAME,
@@ -379,18 +244,6 @@ class NWBScanWriter:
             "attrs": json_attrs(variable.attrs),
             "store": store,
         }
-
-    def _dataset_rows(self) -> Any:
-        """How Dataset trials map onto NWB rows: "sorted_ids" when the Dataset lists trials ascending."""
-        trial = np.asarray(self.ds["trial"].values)
-        if np.all(np.diff(trial) > 0):
-            return "sorted_ids"
-        inverse = np.empty_like(self.axis.rows)
-        inverse[self.axis.rows] = np.arange(len(self.axis.rows))
-        return inverse.tolist()
-
-    def _in_rows(self, values: np.ndarray) -> np.ndarray:
-        return np.asarray(values)[self.axis.rows]
 
     # -- NWBFile and subject -------------------------------------------------------------------
     def _nwbfile(self, session: dict[str, Any]) -> Any:
@@ -537,14 +390,14 @@ class NWBScanWriter:
                 continue
             wanted = WITHHELD_COLUMN if name == datamodel.WITHHELD_COORD else str(name)
             column = _unique_name(wanted, taken, TRIALS_RESERVED)
-            values = self._in_rows(np.asarray(coord.values))
+            values = self.axis.in_rows(np.asarray(coord.values))
             columns.append(VectorData(name=column, description=_describe(str(name), coord.variable), data=values))
             self._record(name, coord.variable, _in_file(f"{names.TRIALS_PATH}/{column}", trial_rows=True))
         nwbfile.trials = TimeIntervals(
             name="trials",
             description="One row per trial (image presentation), in presentation order; id is the trial's "
             "file number X of data/*/X.npy. " + self.axis.description,
-            id=self._in_rows(np.asarray(ds["trial"].values)).astype(np.int64),
+            id=self.axis.in_rows(np.asarray(ds["trial"].values)).astype(np.int64),
             columns=columns,
         )
 
@@ -586,9 +439,10 @@ class NWBScanWriter:
             description="Which image each trial showed: index into StimulusImages.order_of_images, one "
             "sample per trial in presentation order",
             comments=self.axis.description,
-            **self.timing(),
+            **self.timing.kwargs(),
         )
-        nwbfile.add_stimulus(self.timing.written(series))
+        nwbfile.add_stimulus(series)
+        self.timing.register(series)
         self.images_store: dict[str, Any] = {
             "kind": "images",
             "presentation": f"{names.PRESENTATION_PATH}/data",
@@ -626,7 +480,7 @@ class NWBScanWriter:
             del group.group[PLACEHOLDER_IMAGE]
             position = np.empty(len(by_id), dtype=np.int64)
             position[by_id] = np.arange(len(by_id))
-            presented = self._in_rows(position[distinct.image_of_trial]).astype(np.uint32)
+            presented = self.axis.in_rows(position[distinct.image_of_trial]).astype(np.uint32)
             file[f"{names.PRESENTATION_PATH}/data"][...] = presented
             self.images_store["names"] = ordered_names
             file[f"scratch/{names.LAYOUT_NAME}"][()] = self._layout_text()
@@ -665,12 +519,12 @@ class NWBScanWriter:
             "one value per trial (trials in presentation order; neurons as the PlaneSegmentation rows). "
             "Withheld responses are NaN.",
             comments=self.axis.description,
-            **self.timing(),
+            **self.timing.kwargs(),
         )
         fluorescence = Fluorescence(name="Fluorescence")
         self.ophys.add(fluorescence)  # first, so that the rois region shares an ancestor with its table
         fluorescence.add_roi_response_series(series)
-        self.timing.written(series)
+        self.timing.register(series)
         self._record("responses", responses.variable, _in_file(f"{names.RESPONSES_PATH}/data", trial_rows=True))
 
     def _responses_data(self) -> Any:
@@ -735,13 +589,13 @@ class NWBScanWriter:
                     series_name = re.sub(r"[/:]", "_", str(label))
                     series = TimeSeries(
                         name=series_name,
-                        data=self._in_rows(values[:, index]),
+                        data=self.axis.in_rows(values[:, index]),
                         unit="n.a.",
                         description=DESCRIPTIONS.get(str(label), f"{label}, one value per trial"),
                         comments=self.axis.description,
-                        **self.timing(),
+                        **self.timing.kwargs(),
                     )
-                    self.timing.written(series)
+                    self.timing.register(series)
                     container = "PupilTracking" if str(label).startswith("pupil") else "BehavioralTimeSeries"
                     (pupil if container == "PupilTracking" else other).append(series)
                     paths.append(f"{names.BEHAVIOR_PATH}/{container}/{series_name}/data")
@@ -758,15 +612,15 @@ class NWBScanWriter:
             else:
                 series = SpatialSeries(
                     name="pupil_center",
-                    data=self._in_rows(values),
+                    data=self.axis.in_rows(values),
                     reference_frame="pupil centre in the eye-camera image: columns are the horizontal (x) and "
                     "vertical (y) position as stored by the release",
                     unit="n.a.",
                     description=str(center.attrs.get("long_name", "pupil centre position")) + ", one value per trial",
                     comments=self.axis.description,
-                    **self.timing(),
+                    **self.timing.kwargs(),
                 )
-                self.timing.written(series)
+                self.timing.register(series)
                 behavior_module().add(EyeTracking(name="EyeTracking", spatial_series=[series]))
                 path = f"{names.BEHAVIOR_PATH}/EyeTracking/pupil_center/data"
                 self._record("pupil_center", center.variable, _in_file(path, trial_rows=True))
