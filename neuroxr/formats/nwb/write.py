@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,19 @@ from neuroxr.formats.nwb.mapping import json_attrs, json_value
 from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
 from neuroxr.formats._write import BlockStream, progress_bar
 from neuroxr.formats.nwb.streams import BackgroundRows, ForwardRows, SpilledRows, iterator_class
+from neuroxr.formats.nwb.metadata import (
+    DESCRIPTIONS,
+    MOTOR_COORDINATES,
+    ROIS_RESERVED,
+    TRIALS_RESERVED,
+    WITHHELD_COLUMN,
+    check_session_fields,
+    column_name,
+    default_subject,
+    describe,
+    imaging_fields,
+    session_fields,
+)
 from neuroxr.formats.nwb.timeline import Timing, dataset_rows, trial_time_axis
 
 
@@ -45,69 +57,8 @@ from neuroxr.formats.nwb.timeline import Timing, dataset_rows, trial_time_axis
 PLACEHOLDER_IMAGE = "neuroxr_placeholder"
 
 
-# ----------------------------------------------------------------------------------------------
-# metadata defaults
-
-
-#: Allen CCF acronyms of the visual areas as the release names them.
-CCF_AREAS = {"V1": "VISp", "LM": "VISl", "AL": "VISal", "RL": "VISrl", "PM": "VISpm", "AM": "VISam",
-             "LI": "VISli", "POR": "VISpor", "P": "VISpl", "A": "VISa"}  # fmt: skip
-DEFAULT_IMAGING = {
-    "device_description": "two-photon microscope",
-    "indicator": "GCaMP6s",
-    "excitation_lambda": 920.0,
-    "emission_lambda": 510.0,
-    "plane_description": "the imaged volume of visual cortex; neurons are located by their motor "
-    "coordinates in micrometres (one voxel per neuron, see the PlaneSegmentation columns)",
-}
-SESSION_KEYS_FROM_USER = (
-    "session_description", "identifier", "session_start_time", "session_id", "experimenter", "lab",
-    "institution", "experiment_description", "keywords", "related_publications", "notes",
-    "pharmacology", "protocol", "surgery", "virus", "stimulus_notes", "data_collection", "source_script",
-)  # fmt: skip
-DESCRIPTIONS = {
-    "tier": "data split of the trial (train, validation, test, final_test), from meta/trials/tiers",
-    "image_id": "frame_image_id: id of the image shown (the StimulusImages entry image_<id>)",
-    "trial_idx": "presentation index within the session (a 32-character hash in competition scans)",
-    "frame_image_class": "class of the image shown",
-    "frame_trial_ts": "trial time as stored by the release (pandas Timestamp text, 1 s resolution)",
-    "condition_hash": "stimulus condition hash",
-    datamodel.WITHHELD_COORD: "True where the release withholds the responses (written as NaN)",
-    "area": "brain area as the release names it (e.g. V1)",
-    "layer": "cortical layer",
-    "animal_id": "animal id",
-    "session": "session number",
-    "scan_idx": "scan number within the session",
-    "cell_motor_coordinates": "x, y, z position of the neuron in micrometres (motor coordinates)",
-    "pupil_dilation": "pupil dilation, one value per trial",
-    "pupil_dilation_derivative": "temporal derivative of the pupil dilation, one value per trial",
-    "running_speed": "running speed on the treadmill, one value per trial",
-}
-WITHHELD_COLUMN = "is_response_withheld"
-MOTOR_COORDINATES = "cell_motor_coordinates"
-TRIALS_RESERVED = {"id", "start_time", "stop_time", "tags", "tags_index", "timeseries", "timeseries_index"}
-ROIS_RESERVED = {"id", "image_mask", "pixel_mask", "pixel_mask_index", "voxel_mask", "voxel_mask_index",
-                 "reference_images"}  # fmt: skip
 #: Coordinates no larger than this go into the layout document as JSON values.
 JSON_VALUES_LIMIT = 4096
-
-
-def _describe(name: str, variable: xr.Variable) -> str:
-    dims = ", ".join(map(str, variable.dims))
-    text = DESCRIPTIONS.get(name) or str(variable.attrs.get("long_name") or f"{name} (dims {dims})")
-    source = variable.attrs.get(datamodel.FILE_ATTR)
-    return f"{text}; release file {source}" if source and source not in text else text
-
-
-def _unique_name(name: str, taken: set[str], reserved: set[str]) -> str:
-    if name in reserved:
-        name = f"sensorium_{name}"
-    if name.endswith("_time"):  # NWB reads *_time columns as seconds from the session start
-        name = f"{name}_raw"
-    while name in taken:
-        name = f"{name}_"
-    taken.add(name)
-    return name
 
 
 # ----------------------------------------------------------------------------------------------
@@ -182,7 +133,7 @@ class NWBScanWriter:
         )
         self.timing = Timing(self.axis)
         try:
-            self._check_session(session)
+            check_session_fields(session)
             self._start_spill()
             nwbfile = self._nwbfile(session)
             self._neurons(nwbfile)
@@ -221,13 +172,6 @@ class NWBScanWriter:
         if "trial" not in ds.dims:
             raise ValueError("to_nwb: expected a Dataset with a 'trial' dimension (one scan of the data model)")
 
-    @staticmethod
-    def _check_session(session: Mapping[str, Any]) -> None:
-        unknown = sorted(set(session) - set(SESSION_KEYS_FROM_USER))
-        if unknown:
-            expected = list(SESSION_KEYS_FROM_USER)
-            raise ValueError(f"to_nwb: unknown session fields {unknown}; expected some of {expected}")
-
     def _layout_text(self) -> str:
         return json.dumps(self.layout, separators=(",", ":"))
 
@@ -250,62 +194,14 @@ class NWBScanWriter:
         from pynwb import NWBFile
         from pynwb.file import Subject
 
-        ds = self.ds
-        scan = str(ds.attrs.get("scan", "unknown-scan"))
-        notes = [
-            f"Written by neuroxr from the Sensorium 2022 scan {scan} "
-            f"({ds.attrs.get('release_name', 'release name unknown')}).",
-            self.axis.description,
-            "Responses, behaviour and pupil position are one value per trial (no continuous traces "
-            "exist in the release). Values withheld by the release are NaN (see is_response_withheld).",
-        ]
-        if session.get("notes"):
-            notes.insert(0, str(session["notes"]))
-        n_neurons = ds.sizes.get("neuron", 0)
-        defaults: dict[str, Any] = {
-            "session_description": (
-                f"Sensorium 2022 static-image scan {scan}: deconvolved responses of {n_neurons} neurons "
-                f"of mouse visual cortex to {ds.sizes['trial']} presentations of grey natural images, "
-                "with pupil and running behaviour"
-            ),
-            "identifier": str(uuid.uuid4()),
-            "session_id": re.sub(r"[/\\]", "-", scan),
-            "experiment_description": (
-                "Two-photon imaging of mouse visual cortex while the head-fixed mouse viewed natural images "
-                "on a monitor (Sensorium 2022 competition data)."
-            ),
-            "keywords": ["mouse", "visual cortex", "two-photon calcium imaging", "natural images", "Sensorium"],
-            "related_publications": ["https://doi.org/10.48550/arXiv.2206.08666"],
-        }
-        kwargs = {**defaults, **{key: value for key, value in session.items() if value is not None}}
-        kwargs["session_start_time"] = self.axis.session_start
-        kwargs["notes"] = " ".join(notes)
-        nwbfile = NWBFile(**kwargs)
+        nwbfile = NWBFile(**session_fields(self.ds, self.axis, session))
         subject = self.options.subject
         if subject is None or isinstance(subject, Mapping):
-            subject_kwargs = {**self._default_subject(), **dict(subject or {})}
+            subject_kwargs = {**default_subject(self.ds), **dict(subject or {})}
             nwbfile.subject = Subject(**subject_kwargs)
         else:
             nwbfile.subject = subject
-        self.session = kwargs
         return nwbfile
-
-    def _default_subject(self) -> dict[str, Any]:
-        ds = self.ds
-        animal = None
-        if "animal_id" in ds.coords and ds["animal_id"].size:
-            values = np.unique(np.asarray(ds["animal_id"].values))
-            animal = str(values[0]) if len(values) == 1 else None
-        if animal is None:
-            animal = str(ds.attrs.get("scan", "unknown")).split("-")[0]
-        return {
-            "subject_id": re.sub(r"[/\\]", "-", animal),
-            "species": "Mus musculus",
-            "sex": "U",
-            "age": "P0D/",
-            "description": "Mouse of the Sensorium 2022 release. The release records neither age nor sex: "
-            "age 'P0D/' and sex 'U' mean unknown; pass subject={'age': ..., 'sex': ...} to record them.",
-        }
 
     # -- neurons --------------------------------------------------------------------------------
     def _neurons(self, nwbfile: Any) -> None:
@@ -313,10 +209,10 @@ class NWBScanWriter:
         from pynwb.ophys import ImageSegmentation, OpticalChannel, PlaneSegmentation
 
         ds = self.ds
-        imaging = {**DEFAULT_IMAGING, **dict(self.options.imaging or {})}
         self.plane_segmentation = None
         if "neuron" not in ds.dims:
             return
+        imaging = imaging_fields(ds, self.options.imaging)
         n = ds.sizes["neuron"]
         motor = ds.coords.get(MOTOR_COORDINATES)
         if motor is not None and motor.dims == ("neuron", "space") and motor.shape[1] == 3:
@@ -328,8 +224,6 @@ class NWBScanWriter:
         for axis_index, axis_name in enumerate("xyz"):
             voxels[axis_name] = np.rint(positions[:, axis_index] - origin[axis_index]).astype(np.uint32)
         voxels["weight"] = 1.0
-        areas = np.unique(np.asarray(ds["area"].values)) if "area" in ds.coords else np.array([])
-        location = imaging.get("location") or (CCF_AREAS.get(str(areas[0]), "VIS") if len(areas) == 1 else "VIS")
         device = nwbfile.create_device(name="Microscope", description=str(imaging["device_description"]))
         channel = OpticalChannel(name="OpticalChannel", description=f"{imaging['indicator']} fluorescence",
                                  emission_lambda=float(imaging["emission_lambda"]))  # fmt: skip
@@ -340,7 +234,7 @@ class NWBScanWriter:
             device=device,
             excitation_lambda=float(imaging["excitation_lambda"]),
             indicator=str(imaging["indicator"]),
-            location=location,
+            location=imaging["location"],
             grid_spacing=[1.0, 1.0, 1.0],
             grid_spacing_unit="micrometers",
             origin_coords=[float(value) for value in origin],
@@ -362,8 +256,8 @@ class NWBScanWriter:
         for name, coord in ds.coords.items():
             if name == "neuron" or not coord.dims or coord.dims[0] != "neuron" or "trial" in coord.dims:
                 continue
-            column = _unique_name(str(name), taken, ROIS_RESERVED)
-            description = _describe(str(name), coord.variable)
+            column = column_name(str(name), taken, ROIS_RESERVED)
+            description = describe(str(name), coord.variable)
             table.add_column(name=column, description=description, data=np.asarray(coord.values))
             self._record(name, coord.variable, _in_file(f"{names.ROIS_PATH}/{column}"))
         module = nwbfile.create_processing_module(name="ophys", description="neurons and their per-trial responses")
@@ -389,9 +283,9 @@ class NWBScanWriter:
             if name == "trial" or not coord.dims or coord.dims[0] != "trial" or "neuron" in coord.dims:
                 continue
             wanted = WITHHELD_COLUMN if name == datamodel.WITHHELD_COORD else str(name)
-            column = _unique_name(wanted, taken, TRIALS_RESERVED)
+            column = column_name(wanted, taken, TRIALS_RESERVED)
             values = self.axis.in_rows(np.asarray(coord.values))
-            columns.append(VectorData(name=column, description=_describe(str(name), coord.variable), data=values))
+            columns.append(VectorData(name=column, description=describe(str(name), coord.variable), data=values))
             self._record(name, coord.variable, _in_file(f"{names.TRIALS_PATH}/{column}", trial_rows=True))
         nwbfile.trials = TimeIntervals(
             name="trials",
