@@ -2,7 +2,7 @@
 
 The files use the core NWB types tools understand (PlaneSegmentation, RoiResponseSeries, Images +
 IndexSeries, PupilTracking, BehavioralTimeSeries, EyeTracking, the trials table); what NWB has no
-place for is kept in a JSON layout document in ``/scratch``, so that ``open_nwb`` returns a Dataset
+place for is kept in a JSON mapping document in ``/scratch``, so that ``open_nwb`` returns a Dataset
 identical to the one written. The mapping and its reasons are in ``docs/nwb.md``; the writer is
 :mod:`~neuroxr.formats.nwb.write`, the reader :mod:`~neuroxr.formats.nwb.read`, the names they share
 :mod:`~neuroxr.formats.nwb.mapping`. A DataTree of scans becomes a folder of files, one per scan.
@@ -128,8 +128,8 @@ def open_nwb(
         nodes: dict[str, xr.Dataset] = {}
         root_attrs: dict[str, Any] = {}
         for file in files:
-            ds, layout = open_nwb_file(file, chunks=chunks)
-            tree_info = layout.get("tree") or {}
+            ds, document = open_nwb_file(file, chunks=chunks)
+            tree_info = document.get("tree") or {}
             name = str(tree_info.get("name") or file.stem)
             if name in nodes:
                 raise ValueError(f"{file}: scan {name!r} appears twice in {target}")

@@ -1,8 +1,10 @@
 """Where a scan lives in an NWB file written by neuroxr: the HDF5 paths, and the mapping document.
 
 What NWB has no place for (dtypes, attributes, label coordinates, the Dataset's trial order) is kept
-in a JSON document, ``/scratch/neuroxr_layout``; the writer records it, the reader follows it back to
-the identical Dataset. Reader and writer both take their names from here.
+in a JSON document, ``/scratch/neuroxr_layout``: one entry per Dataset variable says where its
+values are (``store``) and what it is (dims, shape, dtype, attributes). The writer records it in a
+:class:`MappingDocument`, the reader follows it back to the identical Dataset (:func:`load_mapping`).
+Reader and writer both take their names from here.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
 from neuroxr.errors import ScanError
 
-#: The JSON document that maps the file back onto the Dataset: /scratch/<LAYOUT_NAME>.
-LAYOUT_NAME = "neuroxr_layout"
-LAYOUT_FORMAT = "neuroxr-nwb"
-LAYOUT_VERSION = 1
+#: The JSON document that maps the file back onto the Dataset: /scratch/<MAPPING_NAME>.
+MAPPING_NAME = "neuroxr_layout"
+MAPPING_FORMAT = "neuroxr-nwb"
+MAPPING_VERSION = 1
 NWB_SUFFIX = ".nwb"
 
-#: Names and HDF5 paths of the objects the writer creates (the reader follows the layout document).
+#: Names and HDF5 paths of the objects the writer creates (the reader follows the mapping document).
 PLANE_SEGMENTATION = "PlaneSegmentation"
 ROIS_PATH = f"processing/ophys/ImageSegmentation/{PLANE_SEGMENTATION}"
 RESPONSES = "Deconvolved"
@@ -51,17 +54,73 @@ def json_attrs(attrs: Mapping[Any, Any]) -> dict[str, Any]:
     return {str(key): json_value(value) for key, value in attrs.items()}
 
 
+class MappingDocument:
+    """The mapping document of one file being written: :meth:`record` each variable where it goes,
+    then store :meth:`text` in the file.
+
+    ``dataset_rows`` is how Dataset trials map onto NWB rows (``timeline.dataset_rows``); ``tree``
+    the node name and root attributes of a DataTree export.
+
+    >>> document = MappingDocument(xr.Dataset(coords={"trial": [0, 1]}), dataset_rows="sorted_ids")
+    >>> document.record("trial", xr.Variable("trial", [0, 1]), dataset_store("intervals/trials/id", trial_rows=True))
+    >>> document.has("trial"), json.loads(document.text())["variables"]["trial"]["store"]["path"]
+    (True, 'intervals/trials/id')
+    """
+
+    def __init__(
+        self, ds: xr.Dataset, *, dataset_rows: str | list[int], tree: Mapping[str, Any] | None = None
+    ) -> None:
+        self.content: dict[str, Any] = {
+            "format": MAPPING_FORMAT,
+            "version": MAPPING_VERSION,
+            "attrs": json_attrs(ds.attrs),
+            "data_vars": [str(name) for name in ds.data_vars],
+            "coords": [str(name) for name in ds.coords],
+            "variables": {},
+        }
+        if tree is not None:
+            self.content["tree"] = tree
+        self.content["dataset_rows"] = dataset_rows
+
+    def record(self, name: Any, variable: xr.Variable, store: dict[str, Any]) -> None:
+        """Record the Dataset variable ``name`` as stored in ``store`` (a recorded name is replaced in place)."""
+        self.content["variables"][str(name)] = {
+            "dims": [str(dim) for dim in variable.dims],
+            "shape": [int(size) for size in variable.shape],
+            "dtype": variable.dtype.str,
+            "attrs": json_attrs(variable.attrs),
+            "store": store,
+        }
+
+    def has(self, name: Any) -> bool:
+        """Whether the variable ``name`` is recorded."""
+        return str(name) in self.content["variables"]
+
+    def text(self) -> str:
+        """The document as compact JSON, as it is stored in ``/scratch``."""
+        return json.dumps(self.content, separators=(",", ":"))
+
+
+def dataset_store(path: str, *, trial_rows: bool = False) -> dict[str, Any]:
+    """A ``store`` entry: the variable is the HDF5 dataset ``path`` (rows in NWB row order if ``trial_rows``).
+
+    >>> dataset_store("intervals/trials/id", trial_rows=True)
+    {'kind': 'dataset', 'path': 'intervals/trials/id', 'trial_rows': True}
+    """
+    return {"kind": "dataset", "path": path, "trial_rows": True} if trial_rows else {"kind": "dataset", "path": path}
+
+
 def load_mapping(file: Any, path: Path) -> dict[str, Any]:
     """The mapping document of an open h5py file, checked (format and version)."""
-    node = file.get(f"scratch/{LAYOUT_NAME}")
+    node = file.get(f"scratch/{MAPPING_NAME}")
     if node is None:
         raise ScanError(
             path, "not written by neuroxr.to_nwb (no /scratch/neuroxr_layout); open it with pynwb.NWBHDF5IO"
         )
     raw = node[()]
-    layout = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
-    if layout.get("format") != LAYOUT_FORMAT or int(layout.get("version", 0)) > LAYOUT_VERSION:
-        found = f"layout {layout.get('format')!r} version {layout.get('version')}"
-        expected = f"{LAYOUT_FORMAT!r} version <= {LAYOUT_VERSION}"
+    document = json.loads(raw.decode() if isinstance(raw, bytes) else str(raw))
+    if document.get("format") != MAPPING_FORMAT or int(document.get("version", 0)) > MAPPING_VERSION:
+        found = f"layout {document.get('format')!r} version {document.get('version')}"
+        expected = f"{MAPPING_FORMAT!r} version <= {MAPPING_VERSION}"
         raise ScanError(path, f"{found}: expected {expected}; upgrade neuroxr")
-    return layout
+    return document

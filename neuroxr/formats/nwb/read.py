@@ -1,6 +1,6 @@
 """NWB reading: a file written by ``to_nwb`` back into the identical, lazy Dataset.
 
-The reader follows the layout document the writer left in ``/scratch/neuroxr_layout`` (where each
+The reader follows the mapping document the writer left in ``/scratch/neuroxr_layout`` (where each
 variable lives, its dtype, dims and attributes) and reads with h5py alone, which is much faster
 than building pynwb's object tree. Labels, coordinates and statistics are read at once; per-trial
 data variables become dask arrays over small picklable wrappers that hold the file's path (never an
@@ -19,8 +19,7 @@ import xarray as xr
 
 from neuroxr import chunking
 from neuroxr.errors import ScanError
-from neuroxr.formats.nwb import mapping as names
-from neuroxr.formats.nwb.mapping import load_mapping
+from neuroxr.formats.nwb import mapping
 
 #: Chunks are a multiple of the responses' file chunk (512 trials) when they are at least that long.
 FILE_CHUNK_ROWS = 512
@@ -173,7 +172,7 @@ def _dask(array: _Rows, chunk_rows: int, name: str) -> Any:
     )
 
 
-def _chunk_rows(layout: Mapping[str, Any], chunks: int | Mapping[str, int] | None, n_trials: int) -> int:
+def _chunk_rows(document: Mapping[str, Any], chunks: int | Mapping[str, int] | None, n_trials: int) -> int:
     """Trials per dask chunk: the user's, else the chunk policy's, cut to a multiple of the file chunk."""
     _, requested = chunking.trial_chunk_request(chunks)
     if requested is not None:
@@ -181,8 +180,8 @@ def _chunk_rows(layout: Mapping[str, Any], chunks: int | Mapping[str, int] | Non
     if chunks is not None:
         raise ValueError(f"open_nwb: expected chunks as trials per chunk (int) or {{'trial': int}}, found {chunks!r}")
     per_trial = 1
-    for name in layout["data_vars"]:
-        entry = layout["variables"][name]
+    for name in document["data_vars"]:
+        entry = document["variables"][name]
         if entry["dims"][:1] == ["trial"]:
             size = int(np.prod(entry["shape"][1:], dtype=np.int64)) * np.dtype(entry["dtype"]).itemsize
             per_trial = max(per_trial, size)
@@ -209,7 +208,7 @@ def _values(store: Mapping[str, Any], dtype: np.dtype, shape: Sequence[int]) -> 
 def open_nwb_file(
     path: str | os.PathLike[str], *, chunks: int | Mapping[str, int] | None = None
 ) -> tuple[xr.Dataset, dict[str, Any]]:
-    """The Dataset of one file written by ``to_nwb``, and its layout document."""
+    """The Dataset of one file written by ``to_nwb``, and its mapping document."""
     import dask.array as da
     import h5py
 
@@ -221,22 +220,22 @@ def open_nwb_file(
     except OSError as error:
         raise ScanError(path, f"not an HDF5 (NWB) file: {error}") from error
     with file:
-        layout = load_mapping(file, path)
-        entries = layout["variables"]
-        stored_ids = np.asarray(file[f"{names.TRIALS_PATH}/id"][()])
-        if layout["dataset_rows"] == "sorted_ids":
+        document = mapping.load_mapping(file, path)
+        entries = document["variables"]
+        stored_ids = np.asarray(file[f"{mapping.TRIALS_PATH}/id"][()])
+        if document["dataset_rows"] == "sorted_ids":
             rows = np.argsort(stored_ids, kind="stable")
         else:
-            rows = np.asarray(layout["dataset_rows"], dtype=np.int64)
+            rows = np.asarray(document["dataset_rows"], dtype=np.int64)
         row_map = None if np.array_equal(rows, np.arange(len(rows))) else rows
         n_trials = len(rows)
-        chunk_rows = _chunk_rows(layout, chunks, n_trials)
+        chunk_rows = _chunk_rows(document, chunks, n_trials)
         variables: dict[str, xr.Variable] = {}
-        for name in [*layout["coords"], *layout["data_vars"]]:
+        for name in [*document["coords"], *document["data_vars"]]:
             entry = entries[name]
             dims, shape, dtype, store = entry["dims"], entry["shape"], np.dtype(entry["dtype"]), entry["store"]
             kind = store["kind"]
-            lazy = name in layout["data_vars"] and dims[:1] == ["trial"]
+            lazy = name in document["data_vars"] and dims[:1] == ["trial"]
             if kind == "values":
                 data: Any = _values(store, dtype, shape)
             elif kind == "absent":
@@ -267,8 +266,8 @@ def open_nwb_file(
             else:
                 data = _eager(file, store, dtype, row_map)
             variables[name] = xr.Variable(dims, data, entry["attrs"])
-    coords = {name: variables[name] for name in layout["coords"]}
-    data_vars = {name: variables[name] for name in layout["data_vars"]}
-    ds = xr.Dataset(data_vars, coords, layout["attrs"])
+    coords = {name: variables[name] for name in document["coords"]}
+    data_vars = {name: variables[name] for name in document["data_vars"]}
+    ds = xr.Dataset(data_vars, coords, document["attrs"])
     ds.encoding["source"] = str(path)
-    return ds, layout
+    return ds, document

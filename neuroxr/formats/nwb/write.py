@@ -20,7 +20,6 @@ it back to the identical Dataset. Scratch files sit beside the target and are re
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -32,8 +31,8 @@ import numpy as np
 import xarray as xr
 
 from neuroxr import datamodel
-from neuroxr.formats.nwb import mapping as names
-from neuroxr.formats.nwb.mapping import json_attrs, json_value
+from neuroxr.formats.nwb import mapping
+from neuroxr.formats.nwb.mapping import MappingDocument, dataset_store, json_value
 from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
 from neuroxr.formats._write import BlockStream, progress_bar
 from neuroxr.formats.nwb.streams import BackgroundRows, ForwardRows, SpilledRows, iterator_class
@@ -57,7 +56,7 @@ from neuroxr.formats.nwb.timeline import Timing, dataset_rows, trial_time_axis
 PLACEHOLDER_IMAGE = "neuroxr_placeholder"
 
 
-#: Coordinates no larger than this go into the layout document as JSON values.
+#: Coordinates no larger than this go into the mapping document as JSON values.
 JSON_VALUES_LIMIT = 4096
 
 
@@ -108,16 +107,6 @@ class NWBScanWriter:
         self.ds = ds
         self.path = Path(path)
         self.options = options
-        self.layout: dict[str, Any] = {
-            "format": names.LAYOUT_FORMAT,
-            "version": names.LAYOUT_VERSION,
-            "attrs": json_attrs(ds.attrs),
-            "data_vars": [str(name) for name in ds.data_vars],
-            "coords": [str(name) for name in ds.coords],
-            "variables": {},
-        }
-        if options.tree is not None:
-            self.layout["tree"] = options.tree
         self.scratch_paths: list[Path] = []
         self.cleanups: list[Callable[[], None]] = []
         self.after_write: list[Callable[[], None]] = []
@@ -132,6 +121,7 @@ class NWBScanWriter:
             self.ds, session_start=session.get("session_start_time"), trial_period=self.options.trial_period
         )
         self.timing = Timing(self.axis)
+        self.document = MappingDocument(self.ds, dataset_rows=dataset_rows(self.ds, self.axis), tree=self.options.tree)
         try:
             check_session_fields(session)
             self._start_spill()
@@ -142,10 +132,9 @@ class NWBScanWriter:
             self._responses(nwbfile)
             self._behavior(nwbfile)
             self._rest(nwbfile)
-            self.layout["dataset_rows"] = dataset_rows(self.ds, self.axis)
             nwbfile.add_scratch(
-                self._layout_text(),
-                name=names.LAYOUT_NAME,
+                self.document.text(),
+                name=mapping.MAPPING_NAME,
                 description="neuroxr: how this file maps back onto the xarray Dataset it was written from "
                 "(JSON; read by neuroxr.open_nwb)",
             )
@@ -172,22 +161,10 @@ class NWBScanWriter:
         if "trial" not in ds.dims:
             raise ValueError("to_nwb: expected a Dataset with a 'trial' dimension (one scan of the data model)")
 
-    def _layout_text(self) -> str:
-        return json.dumps(self.layout, separators=(",", ":"))
-
     def _scratch_path(self, suffix: str) -> Path:
         path = self.path.with_name(f"{self.path.name}.{suffix}")
         self.scratch_paths.append(path)
         return path
-
-    def _record(self, name: Any, variable: xr.Variable, store: dict[str, Any]) -> None:
-        self.layout["variables"][str(name)] = {
-            "dims": [str(dim) for dim in variable.dims],
-            "shape": [int(size) for size in variable.shape],
-            "dtype": variable.dtype.str,
-            "attrs": json_attrs(variable.attrs),
-            "store": store,
-        }
 
     # -- NWBFile and subject -------------------------------------------------------------------
     def _nwbfile(self, session: dict[str, Any]) -> Any:
@@ -245,13 +222,13 @@ class NWBScanWriter:
         voxel_index = VectorIndex(name="voxel_mask_index", data=np.arange(1, n + 1, dtype=np.int64), target=voxel_data)
         neuron_ids = np.asarray(ds["neuron"].values).astype(np.int64)
         table = PlaneSegmentation(
-            name=names.PLANE_SEGMENTATION,
+            name=mapping.PLANE_SEGMENTATION,
             description="The neurons of the scan, one row per neuron; id is the unit id (meta/neurons/unit_ids)",
             imaging_plane=plane,
             id=neuron_ids,
             columns=[voxel_data, voxel_index],
         )
-        self._record("neuron", ds["neuron"].variable, _in_file(f"{names.ROIS_PATH}/id"))
+        self.document.record("neuron", ds["neuron"].variable, dataset_store(f"{mapping.ROIS_PATH}/id"))
         taken: set[str] = set()
         for name, coord in ds.coords.items():
             if name == "neuron" or not coord.dims or coord.dims[0] != "neuron" or "trial" in coord.dims:
@@ -259,7 +236,7 @@ class NWBScanWriter:
             column = column_name(str(name), taken, ROIS_RESERVED)
             description = describe(str(name), coord.variable)
             table.add_column(name=column, description=description, data=np.asarray(coord.values))
-            self._record(name, coord.variable, _in_file(f"{names.ROIS_PATH}/{column}"))
+            self.document.record(name, coord.variable, dataset_store(f"{mapping.ROIS_PATH}/{column}"))
         module = nwbfile.create_processing_module(name="ophys", description="neurons and their per-trial responses")
         module.add(ImageSegmentation(name="ImageSegmentation", plane_segmentations=[table]))
         self.ophys = module
@@ -277,7 +254,7 @@ class NWBScanWriter:
             VectorData(name="stop_time", description=f"start_time + {self.options.stimulus_duration:g} s "
                        "(nominal image presentation)", data=start + float(self.options.stimulus_duration)),  # fmt: skip
         ]
-        self._record("trial", ds["trial"].variable, _in_file(f"{names.TRIALS_PATH}/id", trial_rows=True))
+        self.document.record("trial", ds["trial"].variable, dataset_store(f"{mapping.TRIALS_PATH}/id", trial_rows=True))
         taken: set[str] = set()
         for name, coord in ds.coords.items():
             if name == "trial" or not coord.dims or coord.dims[0] != "trial" or "neuron" in coord.dims:
@@ -286,7 +263,7 @@ class NWBScanWriter:
             column = column_name(wanted, taken, TRIALS_RESERVED)
             values = self.axis.in_rows(np.asarray(coord.values))
             columns.append(VectorData(name=column, description=describe(str(name), coord.variable), data=values))
-            self._record(name, coord.variable, _in_file(f"{names.TRIALS_PATH}/{column}", trial_rows=True))
+            self.document.record(name, coord.variable, dataset_store(f"{mapping.TRIALS_PATH}/{column}", trial_rows=True))
         nwbfile.trials = TimeIntervals(
             name="trials",
             description="One row per trial (image presentation), in presentation order; id is the trial's "
@@ -315,7 +292,7 @@ class NWBScanWriter:
         placeholder = GrayscaleImage(name=PLACEHOLDER_IMAGE, data=np.zeros((1, 1), dtype=np.uint8),
                                      description="placeholder, replaced by the images")  # fmt: skip
         container = Images(
-            name=names.IMAGES,
+            name=mapping.IMAGES,
             images=[placeholder],
             description=(
                 "The distinct images shown, one per frame_image_id (image_<id>; image_<id>_v<k> if trials with "
@@ -326,7 +303,7 @@ class NWBScanWriter:
         )
         nwbfile.add_stimulus_template(container)
         series = IndexSeries(
-            name=names.PRESENTATION,
+            name=mapping.PRESENTATION,
             data=np.zeros(ds.sizes["trial"], dtype=np.uint32),
             indexed_images=container,
             unit="N/A",
@@ -339,13 +316,13 @@ class NWBScanWriter:
         self.timing.register(series)
         self.images_store: dict[str, Any] = {
             "kind": "images",
-            "presentation": f"{names.PRESENTATION_PATH}/data",
-            "order": f"{names.IMAGES_PATH}/order_of_images",
+            "presentation": f"{mapping.PRESENTATION_PATH}/data",
+            "order": f"{mapping.IMAGES_PATH}/order_of_images",
             "names": [],  # as order_of_images lists them (dereferencing thousands of references is slow)
             "trial_rows": True,
             "channel_axis": "none" if images.ndim == 3 else "first",
         }
-        self._record("images", images.variable, self.images_store)
+        self.document.record("images", images.variable, self.images_store)
         self.after_write.append(self._write_images)
 
     def _write_images(self) -> None:
@@ -361,7 +338,7 @@ class NWBScanWriter:
         if images.chunks is None:
             images = images.chunk({"trial": max(1, images.sizes["trial"])})
         with h5py.File(self.path, "r+") as file:
-            group = ImageGroup(file[names.IMAGES_PATH], compression_options(self.options, shuffle=False))
+            group = ImageGroup(file[mapping.IMAGES_PATH], compression_options(self.options, shuffle=False))
             distinct = write_distinct_images(
                 images, image_ids, group, channel_axis=channel_axis, trial_labels=np.asarray(ds["trial"].values),
                 progress=self.options.progress,
@@ -375,9 +352,9 @@ class NWBScanWriter:
             position = np.empty(len(by_id), dtype=np.int64)
             position[by_id] = np.arange(len(by_id))
             presented = self.axis.in_rows(position[distinct.image_of_trial]).astype(np.uint32)
-            file[f"{names.PRESENTATION_PATH}/data"][...] = presented
+            file[f"{mapping.PRESENTATION_PATH}/data"][...] = presented
             self.images_store["names"] = ordered_names
-            file[f"scratch/{names.LAYOUT_NAME}"][()] = self._layout_text()
+            file[f"scratch/{mapping.MAPPING_NAME}"][()] = self.document.text()
 
     # -- responses ------------------------------------------------------------------------------
     def _responses(self, nwbfile: Any) -> None:
@@ -405,7 +382,7 @@ class NWBScanWriter:
             region=list(range(ds.sizes["neuron"])), description="all neurons, in unit id order"
         )
         series = RoiResponseSeries(
-            name=names.RESPONSES,
+            name=mapping.RESPONSES,
             data=H5DataIO(iterator, **compression_options(self.options, shuffle=True)),
             rois=region,
             unit="n.a.",
@@ -419,7 +396,7 @@ class NWBScanWriter:
         self.ophys.add(fluorescence)  # first, so that the rois region shares an ancestor with its table
         fluorescence.add_roi_response_series(series)
         self.timing.register(series)
-        self._record("responses", responses.variable, _in_file(f"{names.RESPONSES_PATH}/data", trial_rows=True))
+        self.document.record("responses", responses.variable, dataset_store(f"{mapping.RESPONSES_PATH}/data", trial_rows=True))
 
     def _responses_data(self) -> Any:
         responses = self.ds["responses"]
@@ -476,7 +453,7 @@ class NWBScanWriter:
         if behavior is not None and behavior.dims == ("trial", "behavior_variable"):
             values = np.asarray(behavior.values)
             if self._wholly_withheld("behavior", values):
-                self._record("behavior", behavior.variable, {"kind": "absent"})
+                self.document.record("behavior", behavior.variable, {"kind": "absent"})
             else:
                 pupil, other, paths = [], [], []
                 for index, label in enumerate(np.asarray(ds["behavior_variable"].values).tolist()):
@@ -492,17 +469,17 @@ class NWBScanWriter:
                     self.timing.register(series)
                     container = "PupilTracking" if str(label).startswith("pupil") else "BehavioralTimeSeries"
                     (pupil if container == "PupilTracking" else other).append(series)
-                    paths.append(f"{names.BEHAVIOR_PATH}/{container}/{series_name}/data")
+                    paths.append(f"{mapping.BEHAVIOR_PATH}/{container}/{series_name}/data")
                 if pupil:
                     behavior_module().add(PupilTracking(name="PupilTracking", time_series=pupil))
                 if other:
                     behavior_module().add(BehavioralTimeSeries(name="BehavioralTimeSeries", time_series=other))
-                self._record("behavior", behavior.variable, {"kind": "columns", "paths": paths, "trial_rows": True})
+                self.document.record("behavior", behavior.variable, {"kind": "columns", "paths": paths, "trial_rows": True})
         center = ds.get("pupil_center")
         if center is not None and center.dims == ("trial", "pupil_axis") and center.shape[1] in (1, 2, 3):
             values = np.asarray(center.values)
             if self._wholly_withheld("pupil_center", values):
-                self._record("pupil_center", center.variable, {"kind": "absent"})
+                self.document.record("pupil_center", center.variable, {"kind": "absent"})
             else:
                 series = SpatialSeries(
                     name="pupil_center",
@@ -516,8 +493,8 @@ class NWBScanWriter:
                 )
                 self.timing.register(series)
                 behavior_module().add(EyeTracking(name="EyeTracking", spatial_series=[series]))
-                path = f"{names.BEHAVIOR_PATH}/EyeTracking/pupil_center/data"
-                self._record("pupil_center", center.variable, _in_file(path, trial_rows=True))
+                path = f"{mapping.BEHAVIOR_PATH}/EyeTracking/pupil_center/data"
+                self.document.record("pupil_center", center.variable, dataset_store(path, trial_rows=True))
 
     # -- everything else ------------------------------------------------------------------------
     def _rest(self, nwbfile: Any) -> None:
@@ -525,15 +502,15 @@ class NWBScanWriter:
         from hdmf.backends.hdf5 import H5DataIO
 
         for name, variable in self.ds.variables.items():
-            if str(name) in self.layout["variables"]:
+            if self.document.has(name):
                 continue
             if name in self.ds.coords and variable.size <= JSON_VALUES_LIMIT and variable.dtype.kind in "biufUM":
                 values = np.asarray(variable.values)
                 if values.dtype.kind == "M":
                     values = values.astype(str)
-                self._record(name, variable, {"kind": "values", "values": json_value(values)})
+                self.document.record(name, variable, {"kind": "values", "values": json_value(values)})
                 continue
-            scratch_name = f"neuroxr_{name}" if name in (names.LAYOUT_NAME,) else str(name)
+            scratch_name = f"neuroxr_{name}" if name in (mapping.MAPPING_NAME,) else str(name)
             description = f"neuroxr: the xarray variable {name!r} with dims ({', '.join(map(str, variable.dims))})"
             if variable.chunks is not None and variable.dims and variable.dims[0] == "trial":
                 source = ForwardRows(BlockStream(variable.data))
@@ -547,12 +524,7 @@ class NWBScanWriter:
                 if data.dtype.kind == "U":
                     data = data.astype(object)
             nwbfile.add_scratch(data, name=scratch_name, description=description)
-            self._record(name, variable, _in_file(f"scratch/{scratch_name}"))
-
-
-def _in_file(path: str, *, trial_rows: bool = False) -> dict[str, Any]:
-    """A layout entry: the variable is the HDF5 dataset ``path`` (rows in presentation order if ``trial_rows``)."""
-    return {"kind": "dataset", "path": path, "trial_rows": True} if trial_rows else {"kind": "dataset", "path": path}
+            self.document.record(name, variable, dataset_store(f"scratch/{scratch_name}"))
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -565,7 +537,7 @@ def write_scan(ds: xr.Dataset, path: str | os.PathLike[str], options: ExportOpti
     The file is written as ``<path>.nwb`` (pynwb expects the suffix) and renamed to ``path``.
     """
     path = Path(path)
-    written = path.with_name(path.name + names.NWB_SUFFIX) if path.suffix != names.NWB_SUFFIX else path
+    written = path.with_name(path.name + mapping.NWB_SUFFIX) if path.suffix != mapping.NWB_SUFFIX else path
     try:
         NWBScanWriter(ds, written, options).write()
         if written != path:
