@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,8 +73,8 @@ def to_nwb(
         def write(temporary: Path) -> None:
             temporary.mkdir()
             for name, ds in scans.items():
-                options.tree = {"name": name, "root_attrs": tree_attrs}
-                write_scan(ds, temporary / f"{name}{NWB_SUFFIX}", options)
+                node_options = replace(options, tree={"name": name, "root_attrs": tree_attrs})
+                write_scan(ds, temporary / f"{name}{NWB_SUFFIX}", node_options)
 
     elif isinstance(data, xr.Dataset):
 
