@@ -77,10 +77,10 @@ class _Rows:
 class StoredRows(_Rows):
     """A per-trial array held by one HDF5 dataset, or by several side by side (one per column), in stored row order.
 
-    >>> path = "processing/ophys/Fluorescence/Deconvolved/data"
-    >>> array = StoredRows("scan.nwb", [path], (7000, 8000), np.float32)  # doctest: +SKIP
-    >>> array[:10].shape  # doctest: +SKIP
-    (10, 8000)
+    >>> path = neuroxr.to_nwb(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "scan.nwb")
+    >>> array = StoredRows(str(path), ["processing/ophys/Fluorescence/Deconvolved/data"], (60, 20), np.float32)
+    >>> array[:10].shape
+    (10, 20)
     """
 
     def __init__(self, path: str, datasets: Sequence[str], shape: Sequence[int], dtype: np.dtype) -> None:
