@@ -38,6 +38,11 @@ class ForwardRows:
         ]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
+    def close(self) -> None:
+        """Stop the stream: its background threads end and the blocks held are released."""
+        self._blocks.close()
+        self._held = []
+
 
 class SpilledRows:
     """A dask array copied block by block to a raw scratch file, then read back rows in any order."""

@@ -424,16 +424,16 @@ class ResponseRows:
     ``order`` is None (the Dataset is in presentation order and its blocks are read forward).
 
     When the orders differ, ``source`` is the spill: the responses copied in Dataset order to a raw
-    scratch file by a background thread; :meth:`close` waits for it and removes the file.
+    scratch file by a background thread. :meth:`close` ends the background threads either way (and
+    removes the spill's file).
     """
 
     source: ForwardRows | BackgroundRows
     order: np.ndarray | None
 
     def close(self) -> None:
-        """Wait for the spill, if any, and remove its scratch file."""
-        if isinstance(self.source, BackgroundRows):
-            self.source.close()
+        """End the background threads of ``source`` and remove its scratch file, if any."""
+        self.source.close()
 
 
 def start_response_rows(
