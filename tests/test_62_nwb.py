@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import threading
 import warnings
 from pathlib import Path
 
@@ -148,6 +149,23 @@ def test_time_axis_comes_from_frame_trial_ts(written: Written) -> None:
     assert session_start.startswith(str(stamps.min().astype("datetime64[s]")))
 
 
+def test_timestamps_are_stored_once_and_every_other_series_links_to_them(written: Written) -> None:
+    _, path = written["normal"]
+    first = "/stimulus/presentation/StimulusPresentation/timestamps"
+    others = [
+        "processing/ophys/Fluorescence/Deconvolved",
+        "processing/behavior/PupilTracking/pupil_dilation",
+        "processing/behavior/PupilTracking/pupil_dilation_derivative",
+        "processing/behavior/BehavioralTimeSeries/running_speed",
+        "processing/behavior/EyeTracking/pupil_center",
+    ]
+    with h5py.File(path, "r") as file:
+        assert isinstance(file[first], h5py.Dataset)
+        for series in others:
+            link = file[series].get("timestamps", getlink=True)
+            assert isinstance(link, h5py.SoftLink) and link.path == first, series
+
+
 def test_synthetic_time_axis_user_metadata_and_compression(tmp_path: Path) -> None:
     from pynwb import NWBHDF5IO
 
@@ -248,6 +266,43 @@ def test_existing_target_source_and_failures(written: Written, tmp_path: Path) -
     _write_plain_nwb(plain)
     with pytest.raises(ScanError, match="not written by neuroxr"):
         open_nwb(plain)
+
+
+def _failing(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """``ds`` whose variable ``name`` fails to compute in its second block of 10 trials."""
+
+    def fail_second_block(block: np.ndarray, block_info: dict | None = None) -> np.ndarray:
+        if block_info[0]["chunk-location"][0] == 1:
+            raise ValueError("a block that cannot be read")
+        return block
+
+    data = ds[name].data.rechunk({0: 10}).map_blocks(fail_second_block, dtype=ds[name].dtype)
+    return ds.assign({name: ds[name].copy(data=data)})
+
+
+@pytest.mark.parametrize("failing", ["responses", "images"])
+@pytest.mark.parametrize("order", ["reordered", "in file order"])
+def test_a_failing_export_leaves_no_file_scratch_file_or_thread(tmp_path: Path, order: str, failing: str) -> None:
+    """Reordered responses are spilled to a scratch file by a background thread (the images are written
+    after it is read back); wherever the export fails, nothing is left behind."""
+    source = make_scan(**SMALL, seed=1)
+    if order == "in file order":
+        source = source.drop_vars(["frame_trial_ts", "trial_idx"])
+    threads = set(threading.enumerate())
+    with pytest.raises(ValueError, match="a block that cannot be read"):
+        to_nwb(_failing(source, failing), tmp_path / "scan.nwb")
+    assert list(tmp_path.iterdir()) == []
+    assert set(threading.enumerate()) <= threads
+
+
+@pytest.mark.parametrize("order", ["reordered", "in file order"])
+def test_an_export_leaves_no_thread_running(tmp_path: Path, order: str) -> None:
+    source = make_scan(**TINY, seed=4)
+    if order == "in file order":
+        source = source.drop_vars(["frame_trial_ts", "trial_idx"])
+    threads = set(threading.enumerate())
+    to_nwb(source, tmp_path / "scan.nwb")
+    assert set(threading.enumerate()) <= threads
 
 
 def _write_plain_nwb(path: Path) -> None:
