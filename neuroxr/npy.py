@@ -6,7 +6,9 @@ refused with an error that names the file.
 
 from __future__ import annotations
 
+import ast
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,12 +67,29 @@ def parse_header(prefix: bytes, name: str) -> NpyHeader:
             shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
         elif version == (2, 0):
             shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:  # version 3.0 (utf-8 field names): numpy's private reader handles it
-            shape, fortran_order, dtype = np.lib.format._read_array_header(stream, version)
-    except (ValueError, SyntaxError, EOFError) as error:
+        elif version == (3, 0):
+            shape, fortran_order, dtype = _read_header_3_0(stream)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not one numpy writes (1.0, 2.0, 3.0)")
+    except (ValueError, TypeError, SyntaxError, EOFError, struct.error) as error:
         raise ScanError(name, f"corrupt .npy header ({error})") from error
     _refuse_objects(dtype, name)
     return NpyHeader(tuple(shape), np.dtype(dtype), bool(fortran_order), prefix[: stream.tell()])
+
+
+def _read_header_3_0(stream: io.BytesIO) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """A version 3.0 header (numpy has no public reader of it): 2.0's layout, the dict encoded in utf-8."""
+    (length,) = struct.unpack("<I", stream.read(4))
+    text = stream.read(length)
+    if len(text) != length:
+        raise EOFError(f"the header is cut short: {len(text)} of {length} bytes")
+    header = ast.literal_eval(text.decode("utf-8"))
+    if not isinstance(header, dict) or header.keys() != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"expected a dict of descr, fortran_order and shape, found {header!r}")
+    shape, fortran_order = header["shape"], header["fortran_order"]
+    if not isinstance(shape, tuple) or not all(isinstance(size, int) for size in shape) or not isinstance(fortran_order, bool):
+        raise ValueError(f"invalid shape or fortran_order: {header!r}")
+    return shape, fortran_order, np.lib.format.descr_to_dtype(header["descr"])
 
 
 def load_array(data: bytes, name: str) -> np.ndarray:
