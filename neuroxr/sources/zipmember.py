@@ -14,8 +14,8 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import BinaryIO
+from dataclasses import dataclass, fields
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -68,6 +68,23 @@ class MemberTable:
 
     def __len__(self) -> int:
         return len(self.offsets)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as one compressed buffer: a series' offsets and sizes are regular, so a 7,000-member
+        table goes to workers in tens of kilobytes instead of a quarter of a megabyte."""
+        columns = [getattr(self, field.name) for field in fields(self)]
+        packed = zlib.compress(b"".join(column.tobytes() for column in columns), 1)
+        return (_unpack_table, (packed, len(self), tuple(column.dtype.str for column in columns)))
+
+
+def _unpack_table(packed: bytes, rows: int, dtypes: tuple[str, ...]) -> MemberTable:
+    """The :class:`MemberTable` that :meth:`MemberTable.__reduce__` packed."""
+    buffer = zlib.decompress(packed)
+    columns, start = [], 0
+    for dtype in map(np.dtype, dtypes):
+        columns.append(np.frombuffer(buffer, dtype, rows, start))
+        start += rows * dtype.itemsize
+    return MemberTable(*columns)
 
 
 def member_template(prefix: str, directory: str, suffix: str) -> str:
