@@ -1,8 +1,10 @@
 """neuroxr: the Sensorium mouse visual cortex data as lazy, labelled xarray Datasets.
 
 >>> import neuroxr
->>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True))
+>>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
 >>> path = neuroxr.to_netcdf(ds, tmp / "30001-2-3.nc")
+>>> neuroxr.open(path).responses.sizes
+Frozen({'trial': 60, 'neuron': 20})
 
 Public functions are imported on first use, so ``import neuroxr`` stays fast.
 """

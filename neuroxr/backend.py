@@ -21,9 +21,9 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
     """Open one Sensorium scan (folder, .zip or URL) as the neuroxr data model.
 
     >>> import xarray as xr
-    >>> ds = xr.open_dataset(neuroxr.write_scan(tmp / "scan.zip", zip=True), engine="sensorium", chunks={})
+    >>> ds = xr.open_dataset(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20), engine="sensorium", chunks={})
     >>> ds.responses.sizes["trial"]
-    240
+    60
     """
 
     description = "Sensorium mouse visual cortex scans (folder or .zip of per-trial .npy files)"

@@ -208,8 +208,10 @@ def build_dataset(
 
     >>> from neuroxr.layout import read_layout
     >>> ds = build_dataset(read_layout(neuroxr.write_scan(tmp / "scan", n_trials=40, n_neurons=10)))
-    >>> ds.responses.dims, type(ds.responses.variable._data).__name__
-    (('trial', 'neuron'), 'LazilyIndexedArray')
+    >>> ds.responses.dims, ds.responses.chunks  # lazily indexed, no dask
+    (('trial', 'neuron'), None)
+    >>> ds.responses.isel(trial=[3, 7]).values.shape  # reads the files of trials 3 and 7
+    (2, 10)
     """
     drop = {str(name) for name in (drop_variables or ())}
     withheld_rows = withheld_trials(layout)

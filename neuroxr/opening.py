@@ -42,9 +42,9 @@ def open_scan(
     ``storage_options`` go to fsspec. ``mask_withheld=False`` gives the stored zeros where the release
     withholds data (NaN by default).
 
-    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True))
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
     >>> ds.responses.sizes
-    Frozen({'trial': 240, 'neuron': 120})
+    Frozen({'trial': 60, 'neuron': 20})
     >>> per_image = ds.responses.sel(trial=ds.tier == "test").groupby("image_id").mean()
     """
     xarray_chunks, block = chunking.trial_chunk_request(chunks)
@@ -76,7 +76,7 @@ def open_datatree(
     >>> folder = tmp / "release"
     >>> folder.mkdir()
     >>> for seed, scan in enumerate(["30001-2-3", "30002-4-5"]):
-    ...     _ = neuroxr.write_scan(folder / f"{scan}.zip", zip=True, scan=scan, seed=seed)
+    ...     _ = neuroxr.write_scan(folder / f"{scan}.zip", zip=True, scan=scan, seed=seed, n_trials=40, n_neurons=10)
     >>> tree = neuroxr.open_datatree(folder)
     >>> sorted(tree.children)
     ['30001-2-3', '30002-4-5']
@@ -103,7 +103,7 @@ def open_any(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.
     (``.nc``), a Zarr store (``.zarr``), an NWB file (``.nwb``) or a folder of NWB files, and URLs
     of scans. ``kwargs`` go to the reader.
 
-    >>> path = neuroxr.to_netcdf(neuroxr.make_scan(), tmp / "scan.nc")
+    >>> path = neuroxr.to_netcdf(neuroxr.make_scan(n_trials=40, n_neurons=10), tmp / "scan.nc")
     >>> neuroxr.open(path).attrs["scan"]
     '30001-2-3'
     """

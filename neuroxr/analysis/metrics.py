@@ -48,8 +48,11 @@ XarrayObject = TypeVar("XarrayObject", xr.Dataset, xr.DataArray)
 def select_tier(obj: XarrayObject, tier: str | Sequence[str]) -> XarrayObject:
     """The trials of one tier (or several) of a Dataset or DataArray with a ``tier`` coordinate.
 
-    >>> test = select_tier(ds, "test")                          # doctest: +SKIP
-    >>> both = select_tier(ds.responses, ["test", "final_test"])  # doctest: +SKIP
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20, competition=True)
+    >>> select_tier(ds, "test").sizes["trial"]
+    9
+    >>> select_tier(ds.responses, ["test", "final_test"]).sizes["trial"]
+    18
     """
     if "tier" not in obj.coords:
         raise ValueError("expected a 'tier' coordinate on trial (meta/trials/tiers.npy) to select a tier, found none")
@@ -225,7 +228,9 @@ def fev_of_arrays(responses: Any, predictions: Any, noise_variance: Any) -> tupl
 def correlation(a: xr.DataArray, b: xr.DataArray, dim: str = TRIAL) -> xr.DataArray:
     """neuralpredictors' ``corr`` over ``dim``: mean of the z-scores, std with ``ddof=0`` plus 1e-8.
 
-    >>> correlation(predictions, responses)  # one value per neuron  # doctest: +SKIP
+    >>> responses = neuroxr.make_scan(n_trials=60, n_neurons=20).responses
+    >>> correlation(2 * responses + 1, responses).sizes  # one value per neuron
+    Frozen({'neuron': 20})
     """
     return xr.apply_ufunc(correlation_of_arrays, a, b, input_core_dims=[[dim], [dim]], dask="allowed")
 
@@ -253,8 +258,11 @@ def single_trial_correlation(
     ``predictions`` is a DataArray on (a superset of) the responses' trials and neurons, or an array
     shaped like ``responses``; ``tier`` selects trials first.
 
-    >>> gt = neuroxr.standardize(ds).responses                                # doctest: +SKIP
-    >>> single_trial_correlation(model_output, gt, tier="test").mean().item()  # doctest: +SKIP
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> gt = neuroxr.standardize(ds).responses
+    >>> model_output = gt + np.random.default_rng(0).normal(0, 0.1, gt.shape)  # a model's prediction of every trial
+    >>> round(float(single_trial_correlation(model_output, gt, tier="test").mean()), 2)
+    0.84
     """
     responses = _as_responses(responses, tier)
     predictions = _aligned(predictions, responses)
@@ -266,7 +274,11 @@ def correlation_to_average(
 ) -> xr.DataArray:
     """Per-neuron correlation over images of responses and predictions averaged over each image's repeats.
 
-    >>> correlation_to_average(model_output, gt, tier="test")  # doctest: +SKIP
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> gt = neuroxr.standardize(ds).responses
+    >>> model_output = gt + np.random.default_rng(0).normal(0, 0.1, gt.shape)  # a model's prediction of every trial
+    >>> correlation_to_average(model_output, gt, tier="test").sizes
+    Frozen({'neuron': 20})
     """
     responses = _as_responses(responses, tier)
     predictions = _aligned(predictions, responses)
@@ -304,8 +316,12 @@ def feve(
     Returns a Dataset with ``feve`` (NaN for neurons whose FEV is below ``fev_threshold`` or NaN) and
     ``fev``; ``result.feve.mean()`` is the leaderboard's FEVE.
 
-    >>> scores = feve(model_output, gt, tier="test")  # doctest: +SKIP
-    >>> scores.feve.mean().item()                     # doctest: +SKIP
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> gt = neuroxr.standardize(ds).responses
+    >>> model_output = gt + np.random.default_rng(0).normal(0, 0.1, gt.shape)  # a model's prediction of every trial
+    >>> scores = feve(model_output, gt, tier="test")
+    >>> sorted(scores.data_vars), scores.attrs, scores.feve.sizes
+    (['fev', 'feve'], {'fev_threshold': 0.15}, Frozen({'neuron': 20}))
     """
     responses = _as_responses(responses, tier)
     predictions = _aligned(predictions, responses)
@@ -322,7 +338,10 @@ def feve(
 def oracle_correlation(responses: xr.DataArray | xr.Dataset, *, tier: str | Sequence[str] | None = None) -> xr.DataArray:
     """Per-neuron leave-one-out oracle: correlation of each trial with the mean of its image's other repeats.
 
-    >>> oracle_correlation(ds, tier="test")  # doctest: +SKIP
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> oracle = oracle_correlation(ds, tier="test")
+    >>> oracle.dims, round(float(oracle.mean()), 2)
+    (('neuron',), 0.29)
     """
     responses = _as_responses(responses, tier)
     groups = _groups(responses)
@@ -344,8 +363,12 @@ def leaderboard(
 
     Computes all three in one pass over the data.
 
-    >>> leaderboard(model_output, gt, tier="test")  # doctest: +SKIP
-    {'single_trial_correlation': 0.29, 'correlation_to_average': 0.54, 'feve': 0.45}
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> gt = neuroxr.standardize(ds).responses
+    >>> model_output = gt + np.random.default_rng(0).normal(0, 0.1, gt.shape)  # a model's prediction of every trial
+    >>> board = leaderboard(model_output, gt, tier="test")
+    >>> sorted(board), round(board["single_trial_correlation"], 2)
+    (['correlation_to_average', 'feve', 'single_trial_correlation'], 0.84)
     """
     responses = _as_responses(responses, tier)
     predictions = _aligned(predictions, responses)

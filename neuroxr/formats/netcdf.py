@@ -124,10 +124,12 @@ def to_netcdf(
     (with byte shuffle), ``"zstd[:level]"`` or a mapping of xarray encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError` unless
     ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
 
-    >>> import neuroxr
-    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
-    >>> neuroxr.to_netcdf(ds, "21067-10-18.nc")  # doctest: +SKIP
-    >>> xr.open_dataset("21067-10-18.nc")  # plain xarray reads it  # doctest: +SKIP
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
+    >>> neuroxr.to_netcdf(ds, tmp / "30001-2-3.nc")
+    PosixPath('.../30001-2-3.nc')
+    >>> with xr.open_dataset(tmp / "30001-2-3.nc") as plain:  # plain xarray reads it
+    ...     plain.responses.sizes
+    Frozen({'trial': 60, 'neuron': 20})
     """
     compression_keys = compression_encoding(compression, engine)
     prepared, nodes = _prepare.prepare(obj)
@@ -162,7 +164,10 @@ def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.
     Data variables are dask arrays chunked like the file; labels and statistics are loaded as numpy;
     string variables get back their exact numpy dtypes.
 
-    >>> ds = open_netcdf("21067-10-18.nc")  # doctest: +SKIP
+    >>> path = neuroxr.to_netcdf(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "30001-2-3.nc")
+    >>> ds = open_netcdf(path)
+    >>> type(ds.responses.data).__name__, ds.tier.dtype, ds.responses_withheld.dtype
+    ('Array', dtype('<U10'), dtype('bool'))
     """
     path = os.fspath(path)
     if not Path(path).is_file():

@@ -119,10 +119,11 @@ def to_zarr(
     xarray zarr encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError`
     unless ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
 
-    >>> import neuroxr
-    >>> ds = neuroxr.open_scan("static21067-10-18-GrayImageNet-94c6ff995dac583098847cfecd43e7b6.zip")  # doctest: +SKIP
-    >>> neuroxr.to_zarr(ds, "21067-10-18.zarr")  # doctest: +SKIP
-    >>> xr.open_zarr("21067-10-18.zarr")  # plain xarray reads it  # doctest: +SKIP
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
+    >>> neuroxr.to_zarr(ds, tmp / "30001-2-3.zarr")
+    PosixPath('.../30001-2-3.zarr')
+    >>> xr.open_zarr(tmp / "30001-2-3.zarr").responses.sizes  # plain xarray reads it
+    Frozen({'trial': 60, 'neuron': 20})
     """
     _require_zarr()
     codecs = compressors(compression)
@@ -154,7 +155,10 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset | xr.DataTree:
 
     Data variables are dask arrays chunked like the store; labels and statistics are loaded as numpy.
 
-    >>> ds = open_zarr("21067-10-18.zarr")  # doctest: +SKIP
+    >>> path = neuroxr.to_zarr(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "30001-2-3.zarr")
+    >>> ds = open_zarr(path)
+    >>> type(ds.responses.data).__name__, ds.tier.dtype, ds.responses_withheld.dtype
+    ('Array', dtype('<U10'), dtype('bool'))
     """
     _require_zarr()
     path = os.fspath(path)

@@ -108,8 +108,10 @@ def write_scan(path: str | Path, *, zip: bool = False, **make_scan_kwargs: Any) 
 
     The keyword arguments go to :func:`make_scan`.
 
-    >>> write_scan("/tmp/static30001-2-3-demo", n_trials=40, n_neurons=10)  # doctest: +SKIP
-    PosixPath('/tmp/static30001-2-3-demo')
+    >>> write_scan(tmp / "static30001-2-3-demo", n_trials=40, n_neurons=10)
+    PosixPath('.../static30001-2-3-demo')
+    >>> write_scan(tmp / "static30001-2-3-demo.zip", zip=True, n_trials=40, n_neurons=10).stat().st_size > 0
+    True
     """
     return to_folder(make_scan(**make_scan_kwargs), path, zip=zip)
 

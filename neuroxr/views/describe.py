@@ -23,9 +23,13 @@ def _table(pairs: list[tuple[str, str]]) -> list[str]:
 def describe(ds: xr.Dataset) -> str:
     """What a user should know first about a scan, in a few lines.
 
-    >>> print(describe(neuroxr.open_scan("scan.zip")))  # doctest: +SKIP
-    scan 21067-10-18  (static21067-10-18-GrayImageNet-...)
-      trials   5994 ...
+    >>> print(describe(neuroxr.make_scan(n_trials=60, n_neurons=20)))
+    scan 30001-2-3  (static30001-2-3-GrayImageNet-...)
+      trials             60
+      neurons            20
+      images             1 x 36 x 64 float32
+      ...
+      withheld           nothing
     """
     lines = [f"scan {ds.attrs.get('scan', '?')}  ({ds.attrs.get('release_name', ds.attrs.get('format', ''))})"]
     pairs = [("trials", str(ds.sizes.get("trial", 0))), ("neurons", str(ds.sizes.get("neuron", 0)))]

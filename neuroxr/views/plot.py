@@ -100,7 +100,8 @@ def _oracle(ds: xr.Dataset, axis) -> None:
 def summary_figure(ds: xr.Dataset) -> Figure:
     """Draw the one-page summary of a scan; save it with ``.savefig("summary.png")``.
 
-    >>> summary_figure(neuroxr.open_scan("scan.zip")).savefig("summary.png")  # doctest: +SKIP
+    >>> figure = summary_figure(neuroxr.make_scan(n_trials=60, n_neurons=20))
+    >>> figure.savefig(tmp / "summary.png", dpi=50)
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected the Dataset of one scan, found {type(ds).__name__}; pick a scan of a DataTree first")
