@@ -1,13 +1,28 @@
-"""Shared fixtures: tiny scans written file by file with ``np.save``, as the release lays them out."""
+"""The one test-data factory, and the fixtures every layer's tests share.
+
+- :func:`write_tiny_scan` writes a small but complete scan folder file by file with ``np.save``, as
+  the release lays it out (independent of neuroxr's own writer); :func:`zip_scan` zips a folder the
+  way the release does (one top-level folder, plus ``__MACOSX/`` clutter).
+- The ``synthetic`` fixture makes lazy synthetic scans with :func:`neuroxr.make_scan`; ``release``
+  is a folder of such scans laid out like the downloaded release.
+- ``forbidden_scheduler`` fails a test if anything inside its ``with`` block computes.
+- :func:`moved_away` takes files away for a while, to show that a lazy object still reads them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+
+import neuroxr
 
 RELEASE_NAME = "static30001-2-3-GrayImageNet-0123456789abcdef0123456789abcdef"
 
@@ -21,28 +36,47 @@ def write_tiny_scan(
     competition: bool = False,
     behavior_withheld: bool = False,
     seed: int = 0,
+    responses: np.ndarray | None = None,
+    image_ids: np.ndarray | None = None,
+    tiers: np.ndarray | None = None,
+    name: str = RELEASE_NAME,
 ) -> Path:
-    """Write a small but complete scan folder with ``np.save``; return the scan folder."""
+    """Write a small but complete scan folder ``root/name`` with ``np.save``; return the scan folder.
+
+    By default: 24 trials (16 train, 2 validation, 6 test repeats of one image) in shuffled file
+    order, 13 neurons, float32 data, and train-tier statistics for the subsets ``all`` and
+    ``stimulus_Frame``. ``competition`` adds a final_test tier, hashes ``trial_idx`` and zeroes the
+    test responses; ``behavior_withheld`` zeroes behaviour and pupil. ``responses`` (trial x neuron,
+    any dtype), ``image_ids`` and ``tiers`` replace the generated ones (file order as given);
+    statistics are written only when some trial is in the train tier.
+    """
     rng = np.random.default_rng(seed)
-    scan = root / RELEASE_NAME
-    tiers = np.array(["train"] * (n_trials - 8) + ["validation"] * 2 + ["test"] * 6)
-    if competition:
-        tiers[-3:] = "final_test"
+    if responses is not None:
+        n_trials, n_neurons = responses.shape
+    scan = root / name
     order = rng.permutation(n_trials)
-    tiers = tiers[order]
-    image_ids = rng.integers(100, 9000, n_trials)
-    image_ids[tiers == "test"] = 4242
+    if tiers is None:
+        tiers = np.array(["train"] * (n_trials - 8) + ["validation"] * 2 + ["test"] * 6)
+        if competition:
+            tiers[-3:] = "final_test"
+        tiers = tiers[order]
+    tiers = np.asarray(tiers)
+    generated_ids = rng.integers(100, 9000, n_trials)
+    generated_ids[tiers == "test"] = 4242
+    image_ids = generated_ids if image_ids is None else np.asarray(image_ids)
     images = rng.integers(0, 256, (n_trials, *image_shape)).astype(np.float32)
-    responses = rng.gamma(0.5, 1.0, (n_trials, n_neurons)).astype(np.float32)
-    behavior = rng.normal(0, 1, (n_trials, 3)).astype(np.float32)
-    pupil = rng.normal(0, 1, (n_trials, 2)).astype(np.float32)
+    generated = rng.gamma(0.5, 1.0, (n_trials, n_neurons)).astype(np.float32)
+    responses = generated if responses is None else np.array(responses)
+    behavior = rng.normal([5, 0, 2], [2, 0.5, 4], (n_trials, 3)).astype(np.float32)  # dilation, derivative, running
+    pupil = rng.normal([120, 80], [10, 5], (n_trials, 2)).astype(np.float32)
     if competition:
         responses[np.isin(tiers, ["test", "final_test"])] = 0
     if behavior_withheld:
         behavior[:] = 0
         pupil[:] = 0
-    for name, values in {"images": images, "responses": responses, "behavior": behavior, "pupil_center": pupil}.items():
-        folder = scan / "data" / name
+    data = {"images": images, "responses": responses, "behavior": behavior, "pupil_center": pupil}
+    for variable, values in data.items():
+        folder = scan / "data" / variable
         folder.mkdir(parents=True)
         for trial, value in enumerate(values):
             np.save(folder / f"{trial}.npy", value)
@@ -71,11 +105,13 @@ def write_tiny_scan(
         for stem, array in arrays.items():
             np.save(scan / "meta" / folder / f"{stem}.npy", array)
     train = tiers == "train"
-    for name, values in {"images": images, "responses": responses, "behavior": behavior, "pupil_center": pupil}.items():
+    if not train.any():
+        return scan
+    for variable, values in data.items():
         for subset in ("all", "stimulus_Frame"):
-            folder = scan / "meta" / "statistics" / name / subset
+            folder = scan / "meta" / "statistics" / variable / subset
             folder.mkdir(parents=True)
-            axis = None if name == "images" else 0
+            axis = None if variable == "images" else 0
             stats = {
                 "mean": values[train].mean(axis=axis),
                 "std": values[train].std(axis=axis, ddof=1),
@@ -98,14 +134,159 @@ def zip_scan(scan: Path, target: Path, compression: int = zipfile.ZIP_STORED) ->
     return target
 
 
+# ------------------------------------------------------------------------------------------------
+# Files that are not a scan, for the source layer: the same members in a folder and in zips of every method
+
+METHODS = {
+    "stored": zipfile.ZIP_STORED,
+    "deflated": zipfile.ZIP_DEFLATED,
+    "bzip2": zipfile.ZIP_BZIP2,
+    "lzma": zipfile.ZIP_LZMA,
+}
+TOP = "scan{1}"  # braces in a folder name must survive every label and template
+N_FILES = 7
+
+
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def contents() -> dict[str, bytes]:
+    """Files for source tests, not a scan: .npy files of different sizes (one empty), random bytes, a text file."""
+    rng = np.random.default_rng(0)
+    files = {f"data/x/{k}.npy": npy(np.arange(10 * k, dtype=np.float32)) for k in range(N_FILES)}
+    files["data/x/3.npy"] = rng.bytes(3000)  # incompressible
+    files["meta/a.npy"] = npy(np.array(["a", "bc"]))
+    files["meta/empty.bin"] = b""
+    files["notes.txt"] = b"release notes"
+    return files
+
+
+def write_zip(path: Path, compression: int, files: dict[str, bytes] | None = None, top: str = TOP) -> Path:
+    """An archive of ``files`` (default :func:`contents`) under the folder ``top``, with macOS clutter."""
+    with zipfile.ZipFile(path, "w", compression) as archive:
+        for relative, data in (files or contents()).items():
+            archive.writestr(f"{top}/{relative}", data)
+        archive.writestr(f"__MACOSX/{top}/._notes.txt", b"junk")
+        archive.writestr(f"{top}/.DS_Store", b"junk")
+    return path
+
+
+def write_folder(root: Path, files: dict[str, bytes] | None = None) -> Path:
+    """The same files unpacked in ``root/top``, with a Finder file; returns that folder."""
+    for relative, data in (files or contents()).items():
+        (root / TOP / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / TOP / relative).write_bytes(data)
+    (root / TOP / ".DS_Store").write_bytes(b"junk")
+    return root / TOP
+
+
+def eager(scan: Path, variable: str) -> np.ndarray:
+    """Every trial file of a variable, read with ``np.load`` and stacked: the reference for every reader."""
+    files = sorted((scan / "data" / variable).glob("*.npy"), key=lambda f: int(f.stem))
+    return np.stack([np.load(f) for f in files])
+
+
+def expect_scan_error(path: Path | str, *fragments: str, compute: bool = False) -> neuroxr.ScanError:
+    """``neuroxr.open_scan(path)`` (and, with ``compute``, loading it) raises a ScanError whose message has every fragment."""
+    with pytest.raises(neuroxr.ScanError) as caught:
+        ds = neuroxr.open_scan(path)
+        if compute:
+            ds.load()
+    message = str(caught.value)
+    for fragment in fragments:
+        assert fragment in message, message
+    return caught.value
+
+
+def fingerprint(root: Path) -> dict[str, str]:
+    """A digest of every file under ``root``."""
+    return {str(p.relative_to(root)): hashlib.md5(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@contextlib.contextmanager
+def moved_away(path: Path) -> Iterator[None]:
+    """Take ``path`` (a file or folder) away while the block runs; put it back after."""
+    aside = path.with_name(f"{path.name}.away")
+    path.rename(aside)
+    try:
+        yield
+    finally:
+        aside.rename(path)
+
+
+def assert_reads_on_access(obj: Any, path: Path) -> None:
+    """``obj`` (a lazy array) still reads ``path`` when its values are asked for: nothing was loaded before."""
+    with moved_away(path), pytest.raises(neuroxr.ScanError):
+        np.asarray(obj)
+
+
 @pytest.fixture
 def scan_folder(tmp_path: Path) -> Path:
+    """A tiny scan folder of its own for each test (free to damage)."""
     return write_tiny_scan(tmp_path)
 
 
 @pytest.fixture
+def untouched(scan_folder: Path) -> Iterator[Path]:
+    """The scan folder; the test fails if anything under it changed."""
+    before = fingerprint(scan_folder)
+    yield scan_folder
+    assert fingerprint(scan_folder) == before
+
+
+@pytest.fixture
 def competition_folder(tmp_path: Path) -> Path:
+    """A tiny competition scan: test responses, behaviour and pupil withheld (zeros on disk)."""
     return write_tiny_scan(tmp_path, competition=True, behavior_withheld=True)
+
+
+@pytest.fixture(scope="session")
+def shared_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny scan folder shared by the whole session: read it, never change it."""
+    return write_tiny_scan(tmp_path_factory.mktemp("shared"))
+
+
+@pytest.fixture(scope="session")
+def synthetic() -> Callable[..., Any]:
+    """``synthetic(**make_scan_kwargs)``: a lazy synthetic scan, made once per session for each set of arguments.
+
+    Each call returns a shallow copy: assign variables, coordinates and attrs freely, but never write
+    into an array in place.
+    """
+    made: dict[tuple, Any] = {}
+
+    def make(**kwargs: Any) -> Any:
+        key = tuple(sorted(kwargs.items()))
+        if key not in made:
+            made[key] = neuroxr.make_scan(**kwargs)
+        return made[key].copy()
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder like the downloaded release: a pre-training scan unpacked beside its .zip, and a competition .zip."""
+    root = tmp_path_factory.mktemp("release")
+    name = neuroxr.synthetic.release_name("21067-10-18")
+    neuroxr.write_scan(root / name, scan="21067-10-18", n_trials=90, n_neurons=30)
+    neuroxr.write_scan(root / f"{name}.zip", zip=True, scan="21067-10-18", n_trials=90, n_neurons=30)
+    neuroxr.write_scan(root / "static26872-17-20.zip", zip=True, scan="26872-17-20", competition=True, n_trials=120, n_neurons=25)
+    return root
+
+
+@pytest.fixture
+def forbidden_scheduler() -> Callable[[], Any]:
+    """``with forbidden_scheduler():`` fails the test if anything inside computes a dask graph."""
+    import dask
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("something was computed")
+
+    return lambda: dask.config.set(scheduler=refuse)
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,6 @@ from neuroxr import datamodel as model
 from neuroxr.errors import TargetExistsError
 from neuroxr.formats._write import TEMP_MARKER
 from neuroxr.formats.release import to_folder
-from neuroxr.npy import header_bytes
 from neuroxr.synthetic import make_scan
 
 SMALL = {"n_trials": 30, "n_neurons": 9, "image_shape": (1, 6, 10), "chunk_trials": 12}
@@ -233,12 +232,6 @@ def test_progress_and_argument_errors(scan, tmp_path, capsys):
     with pytest.raises(ValueError, match="only with zip=True"):
         to_folder(scan, tmp_path / "b", compression="deflated")
     assert not (tmp_path / "a.zip").exists() and not (tmp_path / "b").exists()
-
-
-def test_npy_header_matches_np_save():
-    for dtype, shape in (("<f4", (1, 144, 256)), ("<f4", ()), ("<u2", (7,)), ("<U32", (3,)), (">f8", (2, 3))):
-        array = np.zeros(shape, dtype=dtype)
-        assert header_bytes(dtype, shape) + array.tobytes() == saved(array)
 
 
 needs_reader = pytest.mark.skipif(

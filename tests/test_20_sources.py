@@ -1,0 +1,210 @@
+"""neuroxr.sources: local folders and zip archives as bytes; every member read as ``zipfile`` reads it."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import METHODS, N_FILES, TOP, contents, expect_scan_error, npy, write_folder, write_zip, zip_scan
+
+from neuroxr.errors import ScanError
+from neuroxr.sources import FolderSeries, FolderSource, ZipSeries, ZipSource, open_source
+
+@pytest.fixture(params=["folder", *METHODS])
+def source(request: pytest.FixtureRequest, tmp_path: Path) -> FolderSource | ZipSource:
+    """The same files as a folder, and as zips of each compression method, rooted at ``scan{1}/``."""
+    if request.param == "folder":
+        return FolderSource(write_folder(tmp_path))
+    return ZipSource(write_zip(tmp_path / "a.zip", METHODS[request.param])).within(f"{TOP}/")
+
+
+def test_listing_skips_clutter(source: FolderSource | ZipSource) -> None:
+    listing = {folder: sorted(names) for folder, names in source.listing().items()}
+    assert listing == {
+        "data/x": sorted(f"{k}.npy" for k in range(N_FILES)),
+        "meta": ["a.npy", "empty.bin"],
+        "": ["notes.txt"],
+    }
+    assert source.name == TOP
+
+
+def test_whole_files_read_like_zipfile(source: FolderSource | ZipSource) -> None:
+    files = contents()
+    for relative, data in files.items():
+        assert source.read(relative) == data, relative
+    order = ["meta/a.npy", "data/x/3.npy", "notes.txt", "data/x/0.npy", "meta/empty.bin", "data/x/3.npy"]
+    assert source.read_many(order) == [files[relative] for relative in order]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_compression_method_reads_what_zipfile_reads(tmp_path: Path, method: str) -> None:
+    archive = write_zip(tmp_path / "a.zip", METHODS[method])
+    source = ZipSource(archive).within(f"{TOP}/")
+    series = source.series("data/x", N_FILES, ".npy")
+    with zipfile.ZipFile(archive) as reference:
+        assert {info.compress_type for info in reference.infolist()} == {METHODS[method]}
+        for k in range(N_FILES):
+            expected = reference.read(f"{TOP}/data/x/{k}.npy")
+            assert series.read(k) == expected
+            assert series.size(k) == len(expected)
+            assert source.read(f"data/x/{k}.npy") == expected
+        assert source.read("meta/a.npy") == reference.read(f"{TOP}/meta/a.npy")
+
+
+def test_labels_name_the_file_as_a_user_finds_it(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED)
+    source = ZipSource(archive).within(f"{TOP}/")
+    assert source.label("meta/a.npy") == f"{archive}::{TOP}/meta/a.npy"
+    assert source.series("data/x", N_FILES, ".npy").label(5) == f"{archive}::{TOP}/data/x/5.npy"
+    folder = FolderSource(write_folder(tmp_path / "unpacked"))
+    assert folder.label("meta/a.npy") == str(tmp_path / "unpacked" / TOP / "meta" / "a.npy")
+    assert folder.series("data/x", N_FILES, ".npy").label(5) == str(tmp_path / "unpacked" / TOP / "data" / "x" / "5.npy")
+
+
+def test_within_moves_the_root_down(source: FolderSource | ZipSource) -> None:
+    assert source.within("") is source
+    data = source.within("data")
+    assert data.name == "data"
+    assert {folder: sorted(names) for folder, names in data.listing().items()} == {"x": sorted(f"{k}.npy" for k in range(N_FILES))}
+    assert data.read("x/2.npy") == contents()["data/x/2.npy"]
+    assert data.label("x/2.npy") == source.label("data/x/2.npy")
+    assert data.series("x", N_FILES, ".npy").read(4) == source.series("data/x", N_FILES, ".npy").read(4)
+
+
+def test_sizes(source: FolderSource | ZipSource) -> None:
+    series = source.series("data/x", N_FILES, ".npy")
+    assert [series.size(k) for k in range(N_FILES)] == [len(contents()[f"data/x/{k}.npy"]) for k in range(N_FILES)]
+
+
+def test_read_into_never_reads_past_a_file(source: FolderSource | ZipSource) -> None:
+    """Buffers larger than the file: the bytes beyond it stay as they were, and the count is the file's size."""
+    series = source.series("data/x", N_FILES, ".npy")
+    numbers = [4, 1, 3, 0, 4]  # any order, repeats, the empty file 0.npy among them
+    buffers, expected = [], []
+    for number in numbers:
+        data = contents()[f"data/x/{number}.npy"]
+        head, rest = bytearray(b"\xab" * 10), bytearray(b"\xcd" * (len(data) + 64))
+        buffers.append([memoryview(head), memoryview(rest)])
+        expected.append((head, rest, data))
+    counts = series.read_into(numbers, buffers)
+    for count, (head, rest, data) in zip(counts, expected, strict=True):
+        assert count == len(data)
+        placed = bytes(head + rest)
+        assert placed[: len(data)] == data
+        untouched = placed[len(data) :]
+        assert untouched == (b"\xab" * 10 + b"\xcd" * (len(data) + 64))[len(data) :]
+
+
+def test_read_into_fills_short_buffers_with_the_leading_bytes(source: FolderSource | ZipSource) -> None:
+    series = source.series("data/x", N_FILES, ".npy")
+    first, second = bytearray(5), bytearray(7)
+    assert series.read_into([6], [[memoryview(first), memoryview(second)]]) == [12]
+    assert bytes(first + second) == contents()["data/x/6.npy"][:12]
+
+
+def test_series_pickle_small_and_read_the_same(tmp_path: Path) -> None:
+    n = 7000
+    data = npy(np.zeros(40, np.float32))
+    with zipfile.ZipFile(tmp_path / "big.zip", "w") as archive:
+        for k in range(n):
+            archive.writestr(f"scan/data/responses/{k}.npy", data)
+    source = ZipSource(tmp_path / "big.zip").within("scan/")
+    series = source.series("data/responses", n, ".npy")
+    pickled = pickle.dumps(series)
+    assert len(pickled) < 200_000, f"a {n}-member series pickles to {len(pickled)} bytes"
+    restored = pickle.loads(pickled)
+    assert isinstance(restored, ZipSeries)
+    assert [restored.read(k) for k in (0, 4321, n - 1)] == [data] * 3
+    assert restored.label(4321) == series.label(4321) and restored.size(4321) == len(data)
+    with pytest.raises(TypeError, match="not sent to workers"):
+        pickle.dumps(source)
+    folder_series = pickle.loads(pickle.dumps(FolderSource(tmp_path).series("data/x", n, ".npy")))
+    assert isinstance(folder_series, FolderSeries) and len(pickle.dumps(folder_series)) < 1000
+
+
+def _set_encrypted(archive: Path, member: str) -> None:
+    """Set the 'encrypted' flag bit of ``member`` in its local and central headers (zipfile cannot write one)."""
+    data = bytearray(archive.read_bytes())
+    with zipfile.ZipFile(archive) as reference:
+        local = reference.getinfo(member).header_offset
+    assert data[local : local + 4] == b"PK\x03\x04"
+    data[local + 6] |= 0x1
+    start = data.find(b"PK\x01\x02")
+    found = 0
+    while start != -1:
+        (name_length,) = struct.unpack_from("<H", data, start + 28)
+        if data[start + 46 : start + 46 + name_length].decode() == member:
+            data[start + 8] |= 0x1
+            found += 1
+        start = data.find(b"PK\x01\x02", start + 4)
+    assert found == 1
+    archive.write_bytes(bytes(data))
+
+
+def test_an_encrypted_member_is_refused_naming_it(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED)
+    member = f"{TOP}/data/x/2.npy"
+    _set_encrypted(archive, member)
+    with zipfile.ZipFile(archive) as reference, pytest.raises(RuntimeError, match="password required"):
+        reference.read(member)  # zipfile sees the flag too
+    source = ZipSource(archive).within(f"{TOP}/")
+    assert source.read("data/x/1.npy") == contents()["data/x/1.npy"]  # the others still read
+    for attempt in (lambda: source.read("data/x/2.npy"), lambda: source.series("data/x", N_FILES, ".npy")):
+        with pytest.raises(ScanError, match="encrypted") as caught:
+            attempt()
+        assert caught.value.path == f"{archive}::{member}"
+
+
+def test_an_encrypted_member_of_a_scan_is_refused_at_open(shared_scan: Path, tmp_path: Path) -> None:
+    archive = zip_scan(shared_scan, tmp_path / "scan.zip")
+    _set_encrypted(archive, f"{shared_scan.name}/data/behavior/7.npy")
+    expect_scan_error(archive, f"scan.zip::{shared_scan.name}/data/behavior/7.npy", "encrypted zip members are not supported")
+
+
+def test_a_broken_local_header_is_named(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_DEFLATED)
+    member = f"{TOP}/data/x/5.npy"
+    with zipfile.ZipFile(archive) as reference:
+        offset = reference.getinfo(member).header_offset
+    data = bytearray(archive.read_bytes())
+    data[offset : offset + 4] = b"XX\x03\x04"
+    archive.write_bytes(bytes(data))
+    series = ZipSource(archive).within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    assert series.read(4) == contents()["data/x/4.npy"]
+    with pytest.raises(ScanError, match="no local header where the central directory points") as caught:
+        series.read(5)
+    assert caught.value.path == f"{archive}::{member}"
+
+
+def test_corrupt_zip(scan_folder: Path, tmp_path: Path) -> None:
+    archive = zip_scan(scan_folder, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    data = bytearray(archive.read_bytes())
+    data[-30:] = b"\x00" * 30  # break the end of the central directory
+    (tmp_path / "broken.zip").write_bytes(bytes(data))
+    expect_scan_error(tmp_path / "broken.zip", "broken.zip", "not a readable zip archive")
+    with zipfile.ZipFile(archive) as z:
+        info = z.getinfo(f"{scan_folder.name}/data/responses/4.npy")
+    data = bytearray(archive.read_bytes())
+    start = info.header_offset + 30 + len(info.filename)
+    data[start + 2 : start + 40] = b"\xff" * 38  # damage the deflate stream
+    (tmp_path / "damaged.zip").write_bytes(bytes(data))
+    expect_scan_error(tmp_path / "damaged.zip", "damaged.zip::", "data/responses/4.npy", compute=True)
+
+
+def test_open_source_dispatches_on_what_is_there(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path)
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED)
+    assert isinstance(open_source(folder), FolderSource)
+    assert isinstance(open_source(archive), ZipSource) and open_source(archive).name == "a"
+    assert open_source(os.fspath(archive)).listing() == ZipSource(archive).listing()
+    with pytest.raises(ScanError, match="no such file or folder") as caught:
+        open_source(tmp_path / "missing")
+    assert caught.value.path == str(tmp_path / "missing")
+    (tmp_path / "notes.zip").write_bytes(b"plain text")
+    with pytest.raises(ScanError, match="not a readable zip archive"):
+        open_source(tmp_path / "notes.zip")
