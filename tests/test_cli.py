@@ -82,3 +82,20 @@ def test_console_script_runs(demo: Path) -> None:
     )
     assert "neurons per layer" in done.stdout
     np.testing.assert_equal(done.returncode, 0)
+
+
+def test_convert_a_folder_of_scans_to_one_netcdf(release: Path, tmp_path: Path) -> None:
+    assert main(["convert", "-q", str(release), str(tmp_path / "all.nc")]) == 0
+    tree = xr.open_datatree(tmp_path / "all.nc")
+    assert sorted(tree.children) == ["21067-10-18", "26872-17-20"]
+    original = neuroxr.open_scan(release / "static26872-17-20.zip").responses.values
+    np.testing.assert_array_equal(tree["26872-17-20"].responses.values, original)
+
+
+def test_convert_a_folder_of_scans_to_nwb_files(release: Path, tmp_path: Path) -> None:
+    assert main(["convert", "-q", str(release), str(tmp_path / "nwb"), "--to", "nwb"]) == 0
+    assert sorted(p.name for p in (tmp_path / "nwb").iterdir()) == ["21067-10-18.nwb", "26872-17-20.nwb"]
+    tree = neuroxr.open(tmp_path / "nwb")
+    assert isinstance(tree, xr.DataTree) and sorted(tree.children) == ["21067-10-18", "26872-17-20"]
+    source = neuroxr.open_scan(release / "static26872-17-20.zip")
+    xr.testing.assert_identical(tree["26872-17-20"].to_dataset().load(), source.load())

@@ -1,11 +1,13 @@
-"""The same analysis on a LocalCluster with process workers as with the threaded scheduler."""
+"""dask.distributed: the same reads and analysis on a LocalCluster with process workers as with the threaded scheduler."""
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from conftest import eager, zip_scan
 
 import neuroxr
 from neuroxr.formats.release import to_folder
@@ -38,3 +40,13 @@ def test_statistics_and_oracle_on_a_local_cluster(tmp_path: Path, cluster_client
     np.testing.assert_allclose(on_cluster["mean"].values, responses[train].mean(0), rtol=1e-5)
     np.testing.assert_allclose(on_cluster["std"].values, responses[train].std(0, ddof=1), rtol=1e-4)
     assert np.nanmean(on_cluster.oracle_correlation.values) > 0.1
+
+
+def test_local_cluster_with_process_workers(scan_folder: Path, tmp_path: Path, cluster_client) -> None:
+    archive = zip_scan(scan_folder, tmp_path / "s.zip", zipfile.ZIP_DEFLATED)
+    for path in (scan_folder, archive):
+        ds = neuroxr.open_scan(path, chunks=5)
+        threaded = ds.responses.mean("trial").compute(scheduler="threads")
+        on_cluster = cluster_client.compute(ds.responses.mean("trial")).result()
+        xr.testing.assert_allclose(threaded, on_cluster)
+        np.testing.assert_array_equal(cluster_client.compute(ds.images).result().values, eager(scan_folder, "images"))

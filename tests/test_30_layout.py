@@ -1,0 +1,216 @@
+"""neuroxr.layout: what a scan holds, from its listing, meta/ arrays and first headers; every problem names the file."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import RELEASE_NAME, expect_scan_error, write_tiny_scan, zip_scan
+
+import neuroxr
+from neuroxr.cli import main
+from neuroxr.layout import read_layout
+from neuroxr.layout.check import check_files
+from neuroxr.layout.discover import find_scan_folder, looks_like_scan, scan_paths, scan_root
+from neuroxr.sources import ZipSource
+
+# ----------------------------------------------------------------------------------------------
+# what the layout reads
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_the_layout_of_a_scan(shared_scan: Path, tmp_path: Path, kind: str) -> None:
+    path = shared_scan if kind == "folder" else zip_scan(shared_scan, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    layout = read_layout(path)
+    assert layout.n_trials == 24 and layout.n_neurons == 13
+    assert layout.release_name == RELEASE_NAME and layout.scan_key == "30001-2-3"
+    assert list(layout.variables) == ["images", "responses", "behavior", "pupil_center"]
+    for name, variable in layout.variables.items():
+        reference = np.load(shared_scan / "data" / name / "0.npy")
+        assert variable.header.shape == reference.shape and variable.header.dtype == reference.dtype
+        assert variable.header.file_bytes == (shared_scan / "data" / name / "0.npy").stat().st_size
+        assert variable.series.read(5) == (shared_scan / "data" / name / "5.npy").read_bytes()
+    assert sorted(layout.trials) == ["frame_image_class", "frame_image_id", "frame_trial_ts", "scan_idx", "tiers", "trial_idx"]
+    np.testing.assert_array_equal(layout.trials["tiers"], np.load(shared_scan / "meta/trials/tiers.npy"))
+    np.testing.assert_array_equal(layout.neurons["unit_ids"], np.load(shared_scan / "meta/neurons/unit_ids.npy"))
+    assert sorted(layout.statistics) == ["behavior", "images", "pupil_center", "responses"]
+    assert sorted(layout.statistics["responses"]) == ["all", "stimulus_Frame"]
+    np.testing.assert_array_equal(
+        layout.statistics["responses"]["all"]["std"], np.load(shared_scan / "meta/statistics/responses/all/std.npy")
+    )
+
+
+def test_the_scan_key_comes_from_the_neurons_when_the_name_has_none(tmp_path: Path) -> None:
+    layout = read_layout(write_tiny_scan(tmp_path, name="my scan"))
+    assert layout.release_name == "my scan" and layout.scan_key == "30001-2-3"
+
+
+def test_a_variable_beyond_the_four_is_kept_after_them(scan_folder: Path) -> None:
+    (scan_folder / "data" / "eye").mkdir()
+    for trial in range(24):
+        np.save(scan_folder / "data" / "eye" / f"{trial}.npy", np.full(2, trial, np.int16))
+    assert list(read_layout(scan_folder).variables) == ["images", "responses", "behavior", "pupil_center", "eye"]
+
+
+# ----------------------------------------------------------------------------------------------
+# where the scan is
+
+
+def test_discovery_of_scan_folders_and_archives(shared_scan: Path, tmp_path: Path) -> None:
+    assert find_scan_folder(shared_scan) == shared_scan
+    assert find_scan_folder(shared_scan.parent) == shared_scan  # a folder holding one scan
+    release = tmp_path / "release"
+    release.mkdir()
+    folder = write_tiny_scan(release, name="static1-2-3-GrayImageNet-a")
+    zip_scan(folder, release / "static1-2-3-GrayImageNet-a.zip")  # the unpacked folder wins over its .zip
+    other = zip_scan(write_tiny_scan(tmp_path, name="static4-5-6-GrayImageNet-b"), release / "static4-5-6-GrayImageNet-b.zip")
+    (release / "__MACOSX").mkdir()
+    (release / "notes.txt").write_text("x")
+    assert scan_paths(release) == [folder, other]
+    assert scan_paths(folder) == [folder]
+    with pytest.raises(neuroxr.ScanError, match="holds 2 scans .*open_datatree"):
+        find_scan_folder(_two_folders(tmp_path))
+    assert looks_like_scan(folder) and looks_like_scan(other) and looks_like_scan("https://host/x.zip")
+    assert not looks_like_scan(release / "notes.txt") and not looks_like_scan(tmp_path / "missing")
+    with pytest.raises(neuroxr.ScanError, match="holds no scan"):
+        scan_paths(tmp_path / "release" / "__MACOSX")
+
+
+def _two_folders(root: Path) -> Path:
+    parent = root / "two"
+    write_tiny_scan(parent, name="a")
+    write_tiny_scan(parent, name="b")
+    return parent
+
+
+def test_an_archive_holding_two_scans_says_so(shared_scan: Path, tmp_path: Path) -> None:
+    with zipfile.ZipFile(tmp_path / "two.zip", "w") as archive:
+        for top in ("first", "second"):
+            for file in sorted(shared_scan.rglob("*.npy")):
+                archive.write(file, f"{top}/{file.relative_to(shared_scan).as_posix()}")
+    with pytest.raises(neuroxr.ScanError, match=r"holds 2 scans \(first, second\); open them with neuroxr.open_datatree"):
+        scan_root(ZipSource(tmp_path / "two.zip"))
+    expect_scan_error(tmp_path / "two.zip", "two.zip", "holds 2 scans")
+
+
+# ----------------------------------------------------------------------------------------------
+# problems, each naming the file (moved from the old test_bad_input.py)
+
+
+def test_not_a_scan(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    expect_scan_error(tmp_path / "empty", "empty", "not a Sensorium scan", "data/")
+    expect_scan_error(tmp_path / "nothing-here", "no such file or folder")
+    (tmp_path / "notes.zip").write_bytes(b"plain text, not an archive")
+    expect_scan_error(tmp_path / "notes.zip", "notes.zip", "not a readable zip archive")
+
+
+@pytest.mark.parametrize(
+    ("part", "fragments"),
+    [
+        ("meta/neurons", ("meta/neurons", "missing")),
+        ("meta/trials", ("meta/trials", "missing")),
+        ("meta/neurons/unit_ids.npy", ("unit_ids.npy", "missing")),
+    ],
+)
+def test_missing_parts(scan_folder: Path, part: str, fragments: tuple[str, ...]) -> None:
+    target = scan_folder / part
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
+    expect_scan_error(scan_folder, *fragments)
+    with pytest.raises(neuroxr.ScanError, match="missing"):
+        read_layout(scan_folder)
+
+
+def test_empty_data_folder(scan_folder: Path) -> None:
+    shutil.rmtree(scan_folder / "data")
+    (scan_folder / "data").mkdir()
+    expect_scan_error(scan_folder, "data", "no per-trial data folders")
+
+
+def test_counts_differ(scan_folder: Path) -> None:
+    (scan_folder / "data" / "behavior" / "23.npy").unlink()
+    expect_scan_error(scan_folder, "data", "different numbers of trial files", "behavior: 23", "responses: 24")
+
+
+def test_missing_or_non_numeric_file_number(scan_folder: Path) -> None:
+    responses = scan_folder / "data" / "responses"
+    (responses / "7.npy").rename(responses / "seven.npy")
+    expect_scan_error(scan_folder, "data/responses/seven.npy", "<number>.npy")
+    (responses / "seven.npy").rename(responses / "7.npy")
+    (responses / "7.npy").rename(responses / "07.npy")
+    expect_scan_error(scan_folder, "data/responses/07.npy", "<number>.npy")
+    (responses / "07.npy").rename(responses / "7.npy")
+    for variable in ("images", "responses", "behavior", "pupil_center"):
+        (scan_folder / "data" / variable / "7.npy").rename(scan_folder / "data" / variable / "24.npy")
+    expect_scan_error(scan_folder, "data/", "7.npy is missing")
+
+
+def test_pickled_meta_arrays_are_never_unpickled(scan_folder: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+
+    class Bomb:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    np.save(scan_folder / "meta" / "trials" / "frame_image_class.npy", np.array([Bomb()] * 24, dtype=object), allow_pickle=True)
+    expect_scan_error(scan_folder, "meta/trials/frame_image_class.npy", "Python objects")
+    assert not marker.exists()
+
+
+def test_meta_arrays_of_the_wrong_length(scan_folder: Path) -> None:
+    np.save(scan_folder / "meta" / "trials" / "tiers.npy", np.array(["train"] * 23))
+    expect_scan_error(scan_folder, "meta/trials/tiers.npy", "one entry per trial (24)", "length 23")
+    np.save(scan_folder / "meta" / "trials" / "tiers.npy", np.array("train"))
+    expect_scan_error(scan_folder, "meta/trials/tiers.npy", "one entry per trial (24)", "found a scalar")
+    np.save(scan_folder / "meta" / "trials" / "tiers.npy", np.array(["train"] * 24))
+    np.save(scan_folder / "meta" / "neurons" / "area.npy", np.array(["V1"] * 12))
+    expect_scan_error(scan_folder, "meta/neurons/area.npy", "one entry per neuron (13)", "length 12")
+    np.save(scan_folder / "meta" / "neurons" / "area.npy", np.array(["V1"] * 13))
+    np.save(scan_folder / "meta" / "neurons" / "unit_ids.npy", np.arange(14, dtype=np.uint16))
+    expect_scan_error(scan_folder, "data/responses/0.npy", "14 neurons")
+    np.save(scan_folder / "meta" / "neurons" / "unit_ids.npy", np.ones(13, dtype=np.uint16))
+    expect_scan_error(scan_folder, "meta/neurons/unit_ids.npy", "unit ids are not unique")
+
+
+# ----------------------------------------------------------------------------------------------
+# the full check (neuroxr validate)
+
+
+def test_check_files_yields_one_message_per_problem_and_counts_every_file(scan_folder: Path) -> None:
+    layout = read_layout(scan_folder)
+    done: list[int] = []
+    assert list(check_files(layout, progress=done.append)) == []
+    assert done == [1] * 96
+    np.save(scan_folder / "data" / "responses" / "5.npy", np.zeros(13, np.float64))
+    victim = scan_folder / "data" / "behavior" / "2.npy"
+    victim.write_bytes(victim.read_bytes() + b"\x00\x00")
+    np.save(scan_folder / "data" / "pupil_center" / "3.npy", np.zeros(2, ">f4"))  # byte order aside, the same type
+    (scan_folder / "data" / "images" / "4.npy").write_bytes(b"not npy")
+    problems = list(check_files(read_layout(scan_folder)))
+    assert len(problems) == 3, problems  # the byte-swapped pupil file is no problem
+    assert problems[0].startswith(f"{scan_folder}/data/images/4.npy: not a .npy file")
+    assert problems[1].startswith(f"{scan_folder}/data/responses/5.npy: holds float64 (13,), expected float32 (13,)")
+    assert problems[2] == f"{scan_folder}/data/behavior/2.npy: has trailing bytes: 142 bytes, the header promises 140"
+
+
+def test_validate_reports_every_problem(untouched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "-q", str(untouched)]) == 0
+    assert "ok" in capsys.readouterr().out
+    broken = tmp_path / "broken"
+    shutil.copytree(untouched, broken)
+    np.save(broken / "data" / "responses" / "5.npy", np.zeros(12, np.float32))
+    victim = broken / "data" / "images" / "9.npy"
+    victim.write_bytes(victim.read_bytes()[:-4])
+    np.save(broken / "data" / "behavior" / "1.npy", np.zeros(3, np.float64))
+    assert main(["validate", "-q", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "data/responses/5.npy: holds float32 (12,)" in out
+    assert "data/images/9.npy: truncated" in out
+    assert "data/behavior/1.npy: holds float64 (3,)" in out
+    assert "3 problems" in out

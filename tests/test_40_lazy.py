@@ -1,0 +1,201 @@
+"""neuroxr.lazy: trial files read a block at a time, fast where headers match, through np.load where they differ."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import assert_reads_on_access, eager, expect_scan_error, write_tiny_scan
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import neuroxr
+from neuroxr.layout import read_layout
+from neuroxr.lazy import TrialReader, TrialStackArray
+
+
+def reader_of(scan: Path, variable: str, masked: np.ndarray | None = None) -> TrialReader:
+    layout = read_layout(scan)
+    return TrialReader(layout.variables[variable].series, layout.variables[variable].header, masked)
+
+
+def byte_swapped(path: Path) -> None:
+    array = np.load(path)
+    np.save(path, array.astype(array.dtype.newbyteorder()))
+
+
+def version_2(path: Path) -> None:
+    array = np.load(path)
+    with path.open("wb") as file:
+        np.lib.format.write_array(file, array, version=(2, 0))
+
+
+def fortran_ordered(path: Path) -> None:
+    np.save(path, np.asfortranarray(np.load(path)))
+
+
+# ----------------------------------------------------------------------------------------------
+# the slow path that succeeds: a file whose header differs but whose array is the same
+
+
+@pytest.mark.parametrize("rewrite", [byte_swapped, version_2, fortran_ordered], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("which", [[0], [5], [0, 5, 23]], ids=["first", "one", "several"])
+def test_a_file_with_another_header_reads_equal_to_np_load(scan_folder: Path, rewrite, which: list[int]) -> None:
+    names = ("images",) if rewrite is fortran_ordered else ("images", "responses")  # a 1-D array has no Fortran order
+    expected = {name: eager(scan_folder, name) for name in names}
+    for name in expected:
+        for number in which:
+            before = (scan_folder / "data" / name / f"{number}.npy").read_bytes()
+            rewrite(scan_folder / "data" / name / f"{number}.npy")
+            assert (scan_folder / "data" / name / f"{number}.npy").read_bytes() != before
+    for name, values in expected.items():
+        np.testing.assert_array_equal(eager(scan_folder, name), values)  # np.load agrees they are the same arrays
+        read = reader_of(scan_folder, name).read(np.arange(24))
+        assert read.dtype == values.dtype.newbyteorder("=") and read.dtype.isnative
+        np.testing.assert_array_equal(read, values)
+    ds = neuroxr.open_scan(scan_folder, chunks=5)
+    assert ds.images.dtype == expected["images"].dtype
+    for name, values in expected.items():
+        np.testing.assert_array_equal(ds[name].values, values)
+
+
+def test_repeats_and_any_order_in_one_read(shared_scan: Path) -> None:
+    responses = eager(shared_scan, "responses")
+    reader = reader_of(shared_scan, "responses")
+    for trials in ([5, 2, 5, 0, 23, 2], [23, 22, 21], [7, 7, 7], [3], list(range(24))[::-1], []):
+        read = reader.read(np.array(trials, dtype=np.int64))
+        assert read.shape == (len(trials), 13) and read.dtype == np.float32
+        np.testing.assert_array_equal(read, responses[trials])
+
+
+def test_masked_trials_read_nan(shared_scan: Path) -> None:
+    masked = np.zeros(24, bool)
+    masked[[1, 4]] = True
+    reader = reader_of(shared_scan, "behavior", masked)
+    read = reader.read(np.array([4, 0, 1, 2]))
+    assert np.isnan(read[[0, 2]]).all()
+    np.testing.assert_array_equal(read[[1, 3]], eager(shared_scan, "behavior")[[0, 2]])
+
+
+def test_integer_files_turn_float_only_when_masked(scan_folder: Path) -> None:
+    (scan_folder / "data" / "eye").mkdir()
+    for trial in range(24):
+        np.save(scan_folder / "data" / "eye" / f"{trial}.npy", np.full(2, trial, np.int16))
+    assert reader_of(scan_folder, "eye").read(np.arange(3)).dtype == np.int16
+    masked = reader_of(scan_folder, "eye", np.arange(24) == 1).read(np.arange(3))
+    assert masked.dtype == np.float32
+    np.testing.assert_array_equal(masked, [[0, 0], [np.nan, np.nan], [2, 2]])
+
+
+@pytest.mark.parametrize(
+    ("replacement", "fragment"),
+    [(np.zeros(12, np.float32), "float32 (12,)"), (np.zeros(13, np.float64), "float64 (13,)")],
+)
+def test_a_file_of_another_shape_or_dtype_is_named(scan_folder: Path, replacement: np.ndarray, fragment: str) -> None:
+    np.save(scan_folder / "data" / "responses" / "5.npy", replacement)
+    reader = reader_of(scan_folder, "responses")
+    np.testing.assert_array_equal(reader.read(np.array([4, 6])), eager_without(scan_folder, 5)[[4, 6]])
+    with pytest.raises(neuroxr.ScanError) as caught:
+        reader.read(np.arange(3, 8))
+    assert caught.value.path == str(scan_folder / "data" / "responses" / "5.npy")
+    assert fragment in caught.value.problem and "expected float32 (13,) like" in caught.value.problem
+
+
+def eager_without(scan: Path, broken: int) -> np.ndarray:
+    files = sorted((scan / "data" / "responses").glob("*.npy"), key=lambda f: int(f.stem))
+    return np.stack([np.load(f) if int(f.stem) != broken else np.zeros(13, np.float32) for f in files])
+
+
+def test_readers_pickle_small_and_read_the_same(shared_scan: Path) -> None:
+    reader = reader_of(shared_scan, "images")
+    array = TrialStackArray(reader, 24)
+    pickled = pickle.dumps(array)
+    assert len(pickled) < 2_000
+    np.testing.assert_array_equal(pickle.loads(pickled).reader.read(np.arange(24)), eager(shared_scan, "images"))
+
+
+# ----------------------------------------------------------------------------------------------
+# problems found while reading (moved from the old test_bad_input.py)
+
+
+@pytest.mark.parametrize(
+    ("replacement", "fragment"),
+    [(np.zeros(12, np.float32), "float32 (12,)"), (np.zeros(13, np.float64), "float64 (13,)")],
+)
+def test_a_file_of_another_shape_or_dtype(untouched: Path, replacement: np.ndarray, fragment: str, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(untouched, copy)
+    np.save(copy / "data" / "responses" / "5.npy", replacement)
+    expect_scan_error(copy, "data/responses/5.npy", fragment, "expected float32 (13,)", compute=True)
+
+
+def test_truncated_and_corrupt_npy(scan_folder: Path) -> None:
+    victim = scan_folder / "data" / "images" / "3.npy"
+    victim.write_bytes(victim.read_bytes()[:-10])
+    expect_scan_error(scan_folder, "data/images/3.npy", "truncated", compute=True)
+    victim.write_bytes(b"garbage that is not an npy file at all")
+    expect_scan_error(scan_folder, "data/images/3.npy", "not a .npy file", compute=True)
+
+
+def test_pickled_trial_files_are_never_unpickled(scan_folder: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+
+    class Bomb:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    np.save(scan_folder / "data" / "behavior" / "2.npy", np.array([Bomb()] * 3, dtype=object), allow_pickle=True)
+    expect_scan_error(scan_folder, "data/behavior/2.npy", "Python objects", compute=True)
+    assert not marker.exists()
+
+
+def test_a_file_removed_after_opening_is_named(scan_folder: Path) -> None:
+    ds = neuroxr.open_scan(scan_folder)
+    (scan_folder / "data" / "responses" / "6.npy").unlink()
+    with pytest.raises(neuroxr.ScanError, match="missing .was the scan changed after opening") as caught:
+        ds.responses.values
+    assert caught.value.path == str(scan_folder / "data" / "responses" / "6.npy")
+
+
+# ----------------------------------------------------------------------------------------------
+# indexing the lazy array
+
+
+def test_lazy_isel_reads_only_the_selected_files(scan_folder: Path) -> None:
+    ds = xr.open_dataset(scan_folder, engine="sensorium")
+    expected = eager(scan_folder, "responses")[[5, 9]]
+    for trial in range(24):
+        if trial not in (5, 9):
+            (scan_folder / "data" / "responses" / f"{trial}.npy").unlink()
+    np.testing.assert_array_equal(ds.isel(trial=[5, 9]).responses.values, expected)
+
+
+@pytest.fixture(scope="module")
+def indexed_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_scan(tmp_path_factory.mktemp("indexed"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_orthogonal_and_vectorised_indexing_match_numpy(indexed_scan: Path, data: st.DataObject) -> None:
+    scan = indexed_scan
+    ds = xr.open_dataset(scan, engine="sensorium")
+    images, responses = eager(scan, "images"), eager(scan, "responses")
+    trials = data.draw(st.lists(st.integers(0, 23), min_size=1, max_size=8) | st.slices(24).map(lambda s: s))
+    neurons = data.draw(st.lists(st.integers(0, 12), min_size=1, max_size=5) | st.slices(13))
+    lazy = ds.responses.isel(trial=trials, neuron=neurons)
+    assert lazy.chunks is None  # no dask: xarray's own lazy indexing
+    expected = responses[trials][:, neurons] if isinstance(trials, list) else responses[trials, neurons]
+    if expected.size:
+        assert_reads_on_access(lazy, scan / "data" / "responses")  # selecting read nothing
+    np.testing.assert_array_equal(lazy.values, expected)
+    y = data.draw(st.integers(0, 3))
+    np.testing.assert_array_equal(ds.images.isel(trial=trials, y=y).values, images[trials][:, :, y] if isinstance(trials, list) else images[trials, :, y])
+    points = data.draw(st.lists(st.tuples(st.integers(0, 23), st.integers(0, 12)), min_size=1, max_size=6))
+    t = xr.DataArray([p[0] for p in points], dims="point")
+    n = xr.DataArray([p[1] for p in points], dims="point")
+    np.testing.assert_array_equal(ds.responses.isel(trial=t, neuron=n).values, responses[t.values, n.values])

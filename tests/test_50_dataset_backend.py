@@ -1,0 +1,146 @@
+"""neuroxr.dataset and neuroxr.backend: the data-model Dataset of a scan, against an eager np.load of every file."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import RELEASE_NAME, assert_reads_on_access, eager, expect_scan_error, zip_scan
+
+import neuroxr
+from neuroxr import datamodel as model
+from neuroxr.backend import SensoriumBackendEntrypoint
+from neuroxr.dataset import build_dataset, load_labels, tree_of, wholly_withheld, withheld_trials
+from neuroxr.layout import read_layout
+
+
+def meta(scan: Path, relative: str) -> np.ndarray:
+    return np.load(scan / relative)
+
+
+def test_values_labels_and_dtypes_match_np_load(scan_folder: Path) -> None:
+    ds = neuroxr.open_scan(scan_folder)
+    for variable in model.DATA_VARIABLES:
+        expected = eager(scan_folder, variable)
+        assert ds[variable].dtype == expected.dtype
+        np.testing.assert_array_equal(ds[variable].values, expected)
+    assert ds.sizes["trial"] == 24 and ds.sizes["neuron"] == 13
+    assert ds.images.dims == ("trial", "channel", "y", "x")
+    np.testing.assert_array_equal(ds.neuron.values, meta(scan_folder, "meta/neurons/unit_ids.npy"))
+    assert ds.neuron.dtype == np.uint16
+    np.testing.assert_array_equal(ds.trial.values, np.arange(24))
+    np.testing.assert_array_equal(ds.tier.values, meta(scan_folder, "meta/trials/tiers.npy"))
+    np.testing.assert_array_equal(ds.image_id.values, meta(scan_folder, "meta/trials/frame_image_id.npy"))
+    assert ds.frame_trial_ts.dtype == np.dtype("<U32")
+    assert ds.animal_id.dtype == np.uint16 and ds.session.dtype == np.uint8
+    # a meta/trials file named like a neuron coordinate keeps its data under a trial_ prefix
+    np.testing.assert_array_equal(ds.trial_scan_idx.values, meta(scan_folder, "meta/trials/scan_idx.npy"))
+    assert ds.trial_scan_idx.attrs[model.FILE_ATTR] == "meta/trials/scan_idx.npy"
+    assert ds.cell_motor_coordinates.dims == ("neuron", "space")
+    assert list(ds.behavior_variable.values) == list(model.BEHAVIOR_VARIABLES)
+    assert list(ds.subset.values) == ["all", "stimulus_Frame"]
+    std = ds.responses_statistics.sel(subset="all", statistic="std")
+    np.testing.assert_array_equal(std.values, meta(scan_folder, "meta/statistics/responses/all/std.npy"))
+    assert ds.images_statistics.dims == ("subset", "statistic")
+    assert ds.attrs == {
+        "scan": "30001-2-3",
+        "format": model.FORMAT,
+        "release_name": RELEASE_NAME,
+        "withheld": "",
+    }
+    assert not ds.responses_withheld.any()
+
+
+def test_backend_engine_and_guess(scan_folder: Path, tmp_path: Path) -> None:
+    ds = xr.open_dataset(scan_folder, engine="sensorium", drop_variables=["images"])
+    assert "images" not in ds and "responses" in ds
+    assert ds.responses.chunks is None  # the backend alone: lazily indexed, no dask
+    assert_reads_on_access(ds.responses, scan_folder / "data" / "responses")  # nothing was read at open
+    np.testing.assert_array_equal(ds.responses.values, eager(scan_folder, "responses"))
+    assert xr.open_dataset(scan_folder, drop_variables="images").attrs["scan"] == "30001-2-3"  # guessed engine
+    entry = SensoriumBackendEntrypoint()
+    assert entry.guess_can_open(scan_folder)
+    assert entry.guess_can_open(zip_scan(scan_folder, tmp_path / "s.zip"))
+    (tmp_path / "notes.txt").write_text("x")
+    for junk in (tmp_path / "notes.txt", tmp_path / "missing", 42, None, b"\x00"):
+        assert entry.guess_can_open(junk) is False
+
+
+def test_the_engine_takes_chunks_and_trials_per_chunk(shared_scan: Path) -> None:
+    ds = xr.open_dataset(shared_scan, engine="sensorium", chunks={}, trials_per_chunk=10)
+    assert ds.responses.chunks[0] == (10, 10, 4) and ds.images.chunks[0] == (10, 10, 4)
+    assert ds.responses.encoding["preferred_chunks"] == {"trial": 10}
+
+
+def test_competition_scan_masks_withheld_cells(competition_folder: Path) -> None:
+    ds = neuroxr.open_scan(competition_folder)
+    tiers = meta(competition_folder, "meta/trials/tiers.npy")
+    withheld = np.isin(tiers, ["test", "final_test"])
+    np.testing.assert_array_equal(ds.responses_withheld.values, withheld)
+    assert np.isnan(ds.responses.values[withheld]).all()
+    np.testing.assert_array_equal(ds.responses.values[~withheld], eager(competition_folder, "responses")[~withheld])
+    assert np.isnan(ds.behavior.values).all() and np.isnan(ds.pupil_center.values).all()
+    assert ds.attrs["withheld"] == "responses,behavior,pupil_center"
+    assert ds.trial_idx.dtype.kind == "U" and len(ds.trial_idx.values[0]) == 32
+    raw = neuroxr.open_scan(competition_folder, mask_withheld=False)
+    np.testing.assert_array_equal(raw.responses.values, eager(competition_folder, "responses"))
+    assert raw.attrs["withheld"] == "" and raw.responses_withheld.values.sum() == withheld.sum()
+    assert raw.responses.dtype == np.float32 and ds.responses.dtype == np.float32
+
+
+def test_what_the_release_withholds(competition_folder: Path, shared_scan: Path) -> None:
+    layout = read_layout(competition_folder)
+    np.testing.assert_array_equal(withheld_trials(layout), np.isin(layout.trials["tiers"], ["test", "final_test"]))
+    assert wholly_withheld(layout, "behavior") and wholly_withheld(layout, "pupil_center")
+    assert not wholly_withheld(layout, "responses") and not wholly_withheld(layout, "eye")
+    plain = read_layout(shared_scan)  # test responses of a pre-training scan are not withheld
+    assert not withheld_trials(plain).any() and not wholly_withheld(plain, "behavior")
+
+
+def test_build_dataset_is_lazy_and_drops_what_is_asked(scan_folder: Path) -> None:
+    ds = build_dataset(read_layout(scan_folder), drop_variables=["images", "pupil_center"])
+    assert set(ds.data_vars) == {"responses", "behavior", "responses_statistics", "behavior_statistics"}
+    assert "channel" not in ds.dims
+    assert_reads_on_access(ds.behavior, scan_folder / "data" / "behavior")
+    np.testing.assert_array_equal(ds.behavior.values, eager(scan_folder, "behavior"))
+
+
+def test_statistics_of_different_shapes_are_named(scan_folder: Path) -> None:
+    np.save(scan_folder / "meta/statistics/responses/stimulus_Frame/max.npy", np.zeros(12, np.float32))
+    expect_scan_error(scan_folder, "meta/statistics/responses/stimulus_Frame/max.npy", "shape (12,) differs from (13,)")
+
+
+def test_a_missing_statistic_reads_nan(scan_folder: Path) -> None:
+    (scan_folder / "meta/statistics/behavior/stimulus_Frame/median.npy").unlink()
+    ds = neuroxr.open_scan(scan_folder)
+    assert np.isnan(ds.behavior_statistics.sel(subset="stimulus_Frame", statistic="median")).all()
+    assert np.isfinite(ds.behavior_statistics.sel(subset="all", statistic="median")).all()
+
+
+def test_load_labels_and_tree_of(shared_scan: Path) -> None:
+    lazy = xr.open_dataset(shared_scan, engine="sensorium", chunks={})
+    assert isinstance(lazy.responses_statistics.data, da.Array)
+    loaded = load_labels(lazy)
+    assert isinstance(loaded.responses_statistics.data, np.ndarray) and isinstance(loaded.tier.data, np.ndarray)
+    assert isinstance(loaded.responses.data, da.Array)  # data stays lazy
+    tree = tree_of({"30001-2-3": loaded, "30002-1-1": loaded.isel(trial=slice(0, 5))})
+    assert tree.attrs == {"format": model.FORMAT, "scans": "30001-2-3,30002-1-1"}
+    assert not tree.to_dataset().data_vars and tree["30002-1-1"].sizes["trial"] == 5
+
+
+def test_xarray_open_datatree_with_the_engine(release: Path) -> None:
+    ours = neuroxr.open_datatree(release)
+    theirs = xr.open_datatree(release, engine="sensorium")
+    assert sorted(theirs.children) == sorted(ours.children)
+    for name in ours.children:
+        xr.testing.assert_identical(theirs[name].to_dataset().load(), ours[name].to_dataset().load())
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_the_engine_opens_a_zip_like_the_folder(shared_scan: Path, tmp_path: Path, compression: int) -> None:
+    archive = zip_scan(shared_scan, tmp_path / "scan.zip", compression)
+    xr.testing.assert_identical(xr.open_dataset(archive, engine="sensorium").load(), xr.open_dataset(shared_scan, engine="sensorium").load())

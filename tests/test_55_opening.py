@@ -1,0 +1,130 @@
+"""neuroxr.opening: open_scan, open_datatree and neuroxr.open, the top of the read side."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import RELEASE_NAME, assert_reads_on_access, eager, write_tiny_scan, zip_scan
+
+import neuroxr
+from neuroxr import datamodel as model
+from neuroxr.chunking import ChunksError, trials_per_chunk
+
+
+def test_data_is_lazy_and_labels_are_in_memory(scan_folder: Path) -> None:
+    ds = neuroxr.open_scan(scan_folder, chunks=5)
+    for variable in model.DATA_VARIABLES:
+        assert isinstance(ds[variable].data, dask.array.Array)
+        assert ds[variable].chunks[0] == (5, 5, 5, 5, 4)
+    for name, coord in ds.coords.items():
+        assert isinstance(coord.data, np.ndarray), name
+    assert isinstance(ds.responses_statistics.data, np.ndarray)
+    # one task per block of trials, never one per file
+    assert len(ds.responses.data.__dask_graph__()) <= 2 * 5 + 1
+
+
+def test_opening_computes_nothing_but_the_labels(shared_scan: Path, forbidden_scheduler) -> None:
+    ds = neuroxr.open_scan(shared_scan)
+    with forbidden_scheduler():
+        selected = ds.responses.sel(trial=ds.tier == "test").mean("trial")
+        with pytest.raises(AssertionError, match="something was computed"):
+            selected.values
+    np.testing.assert_allclose(selected.values, eager(shared_scan, "responses")[ds.tier.values == "test"].mean(0), rtol=1e-6)
+
+
+def test_default_chunks_hold_about_64_mb_and_are_shared(shared_scan: Path) -> None:
+    assert trials_per_chunk(147_456, 7_000) == 455  # release images: ~64 MB per chunk
+    assert trials_per_chunk(100, 7_000) == 7_000
+    ds = neuroxr.open_scan(shared_scan)
+    assert {ds[name].chunks[0] for name in model.DATA_VARIABLES} == {(24,)}  # one block boundary for every variable
+    big = neuroxr.make_scan(preset="release")
+    assert {big[name].chunks[0] for name in model.DATA_VARIABLES} == {big.images.chunks[0]}
+    assert big.images.chunks[0][0] == trials_per_chunk(1 * 144 * 256 * 4, 7_000)
+
+
+def test_chunks_argument(shared_scan: Path) -> None:
+    assert neuroxr.open_scan(shared_scan, chunks={"trial": 10}).responses.chunks[0] == (10, 10, 4)
+    assert neuroxr.open_scan(shared_scan, chunks={"trial": 10, "neuron": 5}).responses.chunks == ((10, 10, 4), (5, 5, 3))
+    for wrong in (0, -3, True, {"trial": 0}):
+        with pytest.raises(ChunksError, match="expected"):
+            neuroxr.open_scan(shared_scan, chunks=wrong)
+    assert issubclass(ChunksError, ValueError) and issubclass(ChunksError, neuroxr.NeuroxrError)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_zip_in_place_equals_folder(scan_folder: Path, tmp_path: Path, compression: int) -> None:
+    archive = zip_scan(scan_folder, tmp_path / "scan.zip", compression)
+    (scan_folder / "config.json").write_text('{"links": {}}')  # written by the official loader; ignored
+    from_folder = neuroxr.open_scan(scan_folder)
+    from_zip = neuroxr.open_scan(archive)
+    xr.testing.assert_identical(from_folder.load(), from_zip.load())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([RELEASE_NAME, "scan.zip"])
+
+
+def test_braces_in_the_scan_folder_name(tmp_path: Path) -> None:
+    folder = write_tiny_scan(tmp_path, name="scan{1}-{x}")
+    archive = zip_scan(folder, tmp_path / "braces.zip", zipfile.ZIP_DEFLATED)
+    from_zip = neuroxr.open_scan(archive).load()
+    assert from_zip.attrs["release_name"] == "scan{1}-{x}"
+    xr.testing.assert_identical(from_zip, neuroxr.open_scan(folder).load())
+
+
+def test_folder_holding_one_scan(scan_folder: Path) -> None:
+    xr.testing.assert_identical(neuroxr.open_scan(scan_folder.parent).load(), neuroxr.open_scan(scan_folder).load())
+
+
+def test_pickle(scan_folder: Path, tmp_path: Path) -> None:
+    for path in (scan_folder, zip_scan(scan_folder, tmp_path / "s.zip", zipfile.ZIP_DEFLATED)):
+        ds = neuroxr.open_scan(path, chunks=7)
+        restored = pickle.loads(pickle.dumps(ds))
+        assert len(pickle.dumps(ds.responses.data)) < 20_000  # paths and offsets, not data or handles
+        np.testing.assert_array_equal(restored.responses.values, eager(scan_folder, "responses"))
+        lazy = pickle.loads(pickle.dumps(xr.open_dataset(path, engine="sensorium")))
+        assert lazy.images.chunks is None
+        assert_reads_on_access(lazy.images, path if path.suffix == ".zip" else path / "data" / "images")
+        np.testing.assert_array_equal(lazy.images.values, eager(scan_folder, "images"))
+
+
+# ----------------------------------------------------------------------------------------------
+# several scans
+
+
+def test_open_datatree_of_a_release_folder(release: Path) -> None:
+    tree = neuroxr.open_datatree(release)
+    assert sorted(tree.children) == ["21067-10-18", "26872-17-20"]
+    assert tree.attrs["scans"] == "21067-10-18,26872-17-20"
+    pre, competition = tree["21067-10-18"].to_dataset(), tree["26872-17-20"].to_dataset()
+    assert (pre.sizes["trial"], pre.sizes["neuron"]) == (90, 30)
+    assert (competition.sizes["trial"], competition.sizes["neuron"]) == (120, 25)
+    assert competition.attrs["withheld"] == "responses"
+    # the unpacked folder wins over its own .zip
+    assert Path(pre.encoding["source"]).is_dir()
+    xr.testing.assert_identical(pre.load(), neuroxr.open_scan(next(release.glob("*21067*.zip"))).load())
+
+
+def test_open_datatree_from_a_list_refuses_duplicates(release: Path) -> None:
+    folder = next(p for p in release.iterdir() if p.is_dir())
+    with pytest.raises(neuroxr.ScanError, match="given twice"):
+        neuroxr.open_datatree([folder, release / f"{folder.name}.zip"])
+
+
+def test_open_dispatches_on_what_it_is_given(release: Path, tmp_path: Path) -> None:
+    assert isinstance(neuroxr.open(release), xr.DataTree)
+    scan_zip = release / "static26872-17-20.zip"
+    ds = neuroxr.open(scan_zip)
+    assert isinstance(ds, xr.Dataset) and ds.attrs["scan"] == "26872-17-20"
+    nc = neuroxr.to_netcdf(ds, tmp_path / "scan.nc")
+    zarr = neuroxr.to_zarr(ds, tmp_path / "scan.zarr")
+    for path in (nc, zarr):
+        xr.testing.assert_identical(neuroxr.open(path).load(), ds.load())
+    tree_nc = neuroxr.to_netcdf(neuroxr.open(release), tmp_path / "release.nc")
+    reopened = neuroxr.open(tree_nc)
+    assert isinstance(reopened, xr.DataTree) and sorted(reopened.children) == ["21067-10-18", "26872-17-20"]
+    with pytest.raises(neuroxr.ScanError, match="no such file"):
+        neuroxr.open(tmp_path / "nothing")
