@@ -1,81 +1,35 @@
-"""neuroxr.standardize (neuroxr/standardization.py): the official loader's normalisation, lazily, on a contract Dataset."""
+"""neuroxr.analysis.standardization: the official loader's normalisation, lazily, on scans opened with open_scan."""
 
 from __future__ import annotations
 
 import warnings
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import write_tiny_scan
 
 from neuroxr import datamodel as model
-from neuroxr.errors import DatasetError
+from neuroxr import open_scan
 from neuroxr.analysis.standardization import response_precision, response_precision_from_std, standardize, train_statistics
-from neuroxr.synthetic import make_scan
+from neuroxr.errors import DatasetError
 
 SMALL = {"n_trials": 120, "n_neurons": 20, "image_shape": (1, 9, 16)}
 
 
-def _forbidden_scheduler(*args, **kwargs):
-    raise AssertionError("something was computed")
+@pytest.fixture
+def opened(tmp_path_factory: pytest.TempPathFactory):
+    """``opened(**write_tiny_scan_kwargs)``: a tiny scan written with np.save and opened with open_scan in blocks of 7 trials.
 
+    Dask data variables; numpy statistics of the train tier (subsets "all" and "stimulus_Frame").
+    """
 
-def contract_scan(
-    *,
-    n_trials: int = 30,
-    n_neurons: int = 9,
-    chunk: int = 7,
-    seed: int = 0,
-    behavior_withheld: bool = False,
-    competition: bool = False,
-) -> xr.Dataset:
-    """A small Dataset shaped like ``open_scan``'s: dask data variables, numpy statistics of the train tier."""
-    rng = np.random.default_rng(seed)
-    tiers = rng.permutation(np.array(["train"] * (n_trials - 10) + ["validation"] * 4 + ["test"] * 6))
-    image_ids = rng.integers(100, 9000, n_trials)
-    image_ids[tiers == "test"] = [7, 7, 7, 9, 9, 9]
-    data = {
-        "images": rng.integers(0, 256, (n_trials, 1, 2, 3)).astype(np.float32),
-        "responses": rng.gamma(0.5, 2.0, (n_trials, n_neurons)).astype(np.float32),
-        "behavior": rng.normal([5, 0, 2], [2, 0.5, 4], (n_trials, 3)).astype(np.float32),
-        "pupil_center": rng.normal([120, 80], [10, 5], (n_trials, 2)).astype(np.float32),
-    }
-    if behavior_withheld:
-        data["behavior"][:] = 0
-        data["pupil_center"][:] = 0
-    train = tiers == "train"
-    variables = {}
-    for name, values in data.items():
-        dims = ("trial", *model.DATA_DIMS[name])
-        chunks = (chunk, *values.shape[1:])
-        variables[name] = xr.Variable(dims, da.from_array(values, chunks=chunks), {model.FILE_ATTR: f"data/{name}"})
-        axis = None if name == "images" else 0
-        on_train = values[train]
-        stats = [on_train.mean(axis), on_train.std(axis, ddof=1), on_train.min(axis), on_train.max(axis)]
-        stats.append(np.median(on_train, axis))
-        stats = np.stack([np.asarray(s, dtype=np.float32) for s in stats])[None]
-        stat_dims = ("subset", "statistic", *(() if axis is None else dims[1:]))
-        variables[model.statistics_name(name)] = xr.Variable(stat_dims, stats, {model.FILE_ATTR: f"meta/statistics/{name}"})
-    if competition:
-        withheld = tiers == "test"
-        responses = variables["responses"]
-        variables["responses"] = responses.copy(data=da.where(withheld[:, None], np.nan, responses.data))
-    coords = {
-        "trial": np.arange(n_trials, dtype=np.int64),
-        "neuron": np.sort(rng.choice(np.arange(1, 5 * n_neurons), n_neurons, replace=False)).astype(np.uint16),
-        "channel": np.arange(1), "y": np.arange(2), "x": np.arange(3),
-        "behavior_variable": np.array(model.BEHAVIOR_VARIABLES), "pupil_axis": np.array(model.PUPIL_AXES),
-        "subset": np.array(["all"]), "statistic": np.array(model.STATISTICS),
-        "tier": ("trial", tiers), "image_id": ("trial", image_ids),
-        model.WITHHELD_COORD: ("trial", tiers == "test" if competition else np.zeros(n_trials, bool)),
-        "area": ("neuron", np.array(["V1"] * n_neurons)), "layer": ("neuron", np.array(["L2/3"] * n_neurons)),
-    }
-    withheld = ("responses," if competition else "") + ("behavior,pupil_center" if behavior_withheld else "")
-    attrs = {"scan": "30001-2-3", "format": model.FORMAT, "release_name": "static30001-2-3-GrayImageNet-x"}
-    attrs["withheld"] = withheld.strip(",")
-    return xr.Dataset(variables, coords, attrs=attrs)
+    def scan(*, mask_withheld: bool = True, **kwargs) -> xr.Dataset:
+        folder = write_tiny_scan(tmp_path_factory.mktemp("standardize"), **kwargs)
+        return open_scan(folder, chunks=7, mask_withheld=mask_withheld)
+
+    return scan
 
 
 def _stored(ds: xr.Dataset, variable: str, statistic: str) -> np.ndarray:
@@ -100,8 +54,8 @@ def _official(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {name: np.stack(values) for name, values in out.items()}
 
 
-def test_matches_the_official_normalizer_including_the_std_threshold():
-    ds = contract_scan()
+def test_matches_the_official_normalizer_including_the_std_threshold(opened):
+    ds = opened()
     std = ds.responses_statistics.values
     std[0, 1, 2] = 1e-5  # far below 1% of the mean std: raised to the threshold
     std[0, 1, 4] = 0.0
@@ -114,17 +68,17 @@ def test_matches_the_official_normalizer_including_the_std_threshold():
     np.testing.assert_allclose(response_precision(ds).values[[2, 4]], 1 / threshold, rtol=1e-6)
 
 
-def test_behavior_is_divided_not_centred_and_pupil_is_centred():
-    ds = contract_scan()
+def test_behavior_is_divided_not_centred_and_pupil_is_centred(opened):
+    ds = opened()
     result = standardize(ds)
     behavior = result.behavior.mean("trial").values
     assert behavior[0] > 1  # pupil dilation mean ~5, std ~2: not centred
     assert abs(float(result.pupil_center.sel(trial=ds.tier == "train").mean())) < 1e-5
 
 
-def test_is_lazy_and_keeps_coordinates_and_records_attrs():
-    ds = contract_scan()
-    with dask.config.set(scheduler=_forbidden_scheduler):
+def test_is_lazy_and_keeps_coordinates_and_records_attrs(opened, forbidden_scheduler):
+    ds = opened()
+    with forbidden_scheduler():
         for statistics in ("stored", "train"):
             result = standardize(ds, statistics=statistics)
             for name in model.DATA_VARIABLES:
@@ -140,8 +94,8 @@ def test_is_lazy_and_keeps_coordinates_and_records_attrs():
     xr.testing.assert_identical(result.responses_statistics, ds.responses_statistics)
 
 
-def test_train_statistics_equal_the_stored_ones_when_those_came_from_the_train_tier():
-    ds = contract_scan(seed=3)
+def test_train_statistics_equal_the_stored_ones_when_those_came_from_the_train_tier(opened):
+    ds = opened(seed=3)
     stored = standardize(ds)
     train = standardize(ds, statistics="train")
     for name in model.DATA_VARIABLES:
@@ -150,12 +104,12 @@ def test_train_statistics_equal_the_stored_ones_when_those_came_from_the_train_t
     np.testing.assert_allclose(precision, 1 / _stored(ds, "responses", "std"), rtol=1e-5)
 
 
-def test_train_statistics_are_laid_out_like_the_stored_ones():
-    ds = contract_scan(seed=5)
-    with dask.config.set(scheduler=_forbidden_scheduler):
+def test_train_statistics_are_laid_out_like_the_stored_ones(opened, forbidden_scheduler):
+    ds = opened(seed=5)
+    with forbidden_scheduler():
         computed = train_statistics(ds)
     for name in model.DATA_VARIABLES:
-        stored = ds[model.statistics_name(name)].sel(statistic=["mean", "std"])
+        stored = ds[model.statistics_name(name)].sel(subset=["all"], statistic=["mean", "std"])
         result = computed[model.statistics_name(name)]
         assert result.dims == stored.dims and result.dtype == np.float32
         assert list(result.statistic.values) == ["mean", "std"] and list(result.subset.values) == ["all"]
@@ -169,8 +123,8 @@ def test_train_statistics_are_laid_out_like_the_stored_ones():
     xr.testing.assert_allclose(uneven, computed.compute(), rtol=1e-6)
 
 
-def test_train_statistics_use_only_train_trials_with_ddof_1():
-    ds = contract_scan(seed=4)
+def test_train_statistics_use_only_train_trials_with_ddof_1(opened):
+    ds = opened(seed=4)
     ds = ds.drop_vars([model.statistics_name(name) for name in model.DATA_VARIABLES])
     result = standardize(ds, statistics="train")
     train = ds.tier.values == "train"
@@ -181,32 +135,35 @@ def test_train_statistics_use_only_train_trials_with_ddof_1():
     np.testing.assert_allclose(result.images.values, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_withheld_values_stay_nan_and_zero_std_gives_nan_without_warnings():
-    ds = contract_scan(behavior_withheld=True, competition=True)
-    ds["behavior"] = ds.behavior.where(False)  # withheld behaviour reads NaN
+def test_withheld_values_stay_nan_and_zero_std_gives_nan_without_warnings(opened):
+    ds = opened(behavior_withheld=True, competition=True)  # withheld responses and behaviour read NaN
+    ds["pupil_center"] = opened(behavior_withheld=True, competition=True, mask_withheld=False).pupil_center  # the stored zeros
+    assert np.isnan(ds.behavior.values).all() and (ds.pupil_center.values == 0).all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         result = standardize(ds)
         values = {name: result[name].values for name in model.DATA_VARIABLES}
-    assert np.isnan(values["responses"][ds.tier.values == "test"]).all()
-    assert not np.isnan(values["responses"][ds.tier.values != "test"]).any()
+    withheld = ds.responses_withheld.values
+    assert (ds.tier.values[withheld] != "train").all() and "test" in ds.tier.values[withheld]
+    assert np.isnan(values["responses"][withheld]).all()
+    assert not np.isnan(values["responses"][~withheld]).any()
     assert np.isnan(values["behavior"]).all()
     assert np.isnan(values["pupil_center"]).all()  # zeros on disk, but the stored std is zero
     assert np.isfinite(values["images"]).all()
 
 
-def test_missing_stored_statistics_name_the_file_and_point_to_train():
-    ds = contract_scan().drop_vars("responses_statistics")
+def test_missing_stored_statistics_name_the_file_and_point_to_train(opened):
+    ds = opened().drop_vars("responses_statistics")
     with pytest.raises(DatasetError, match=r"meta/statistics/responses/all/std\.npy.*statistics='train'"):
         standardize(ds)
-    nan_stats = contract_scan()
+    nan_stats = opened()
     nan_stats["behavior_statistics"] = nan_stats.behavior_statistics * np.nan
     with pytest.raises(DatasetError, match="behavior/all/std"):
         standardize(nan_stats)
 
 
-def test_refuses_twice_and_unknown_sources():
-    ds = contract_scan()
+def test_refuses_twice_and_unknown_sources(opened):
+    ds = opened()
     with pytest.raises(ValueError, match="already standardised"):
         standardize(standardize(ds))
     with pytest.raises(ValueError, match="'stored' or 'train'"):
@@ -215,8 +172,8 @@ def test_refuses_twice_and_unknown_sources():
         standardize(ds.isel(trial=ds.tier.values == "test"), statistics="train")
 
 
-def test_variables_absent_from_the_dataset_are_skipped():
-    ds = contract_scan().drop_vars(["images", "behavior"])
+def test_variables_absent_from_the_dataset_are_skipped(opened):
+    ds = opened().drop_vars(["images", "behavior"])
     result = standardize(ds)
     assert result.attrs["standardized"] == "responses,pupil_center"
     assert "images" not in result
@@ -231,8 +188,8 @@ def test_precision_from_std_follows_the_official_formula():
     assert np.isnan(response_precision_from_std(np.zeros(3))).all()
 
 
-def test_synthetic_scan_train_statistics_reproduce_the_stored_ones():
-    ds = make_scan(**SMALL, seed=2)
+def test_synthetic_scan_train_statistics_reproduce_the_stored_ones(synthetic):
+    ds = synthetic(**SMALL, seed=2)
     stored = standardize(ds)
     train = standardize(ds, statistics="train")
     for name in model.DATA_VARIABLES:
@@ -243,8 +200,8 @@ def test_synthetic_scan_train_statistics_reproduce_the_stored_ones():
     np.testing.assert_allclose(on_train[regular], 1, rtol=1e-4)
 
 
-def test_synthetic_competition_scan_keeps_withheld_cells_nan():
-    ds = make_scan(**SMALL, competition=True, behavior_withheld=True)
+def test_synthetic_competition_scan_keeps_withheld_cells_nan(synthetic):
+    ds = synthetic(**SMALL, competition=True, behavior_withheld=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         result = standardize(ds).compute()
@@ -254,9 +211,9 @@ def test_synthetic_competition_scan_keeps_withheld_cells_nan():
     assert np.isnan(result.behavior.values).all() and np.isnan(result.pupil_center.values).all()
 
 
-def test_neuroxr_standardize_is_the_function():
+def test_neuroxr_standardize_is_the_function(opened):
     import neuroxr
 
-    ds = contract_scan()
+    ds = opened()
     assert neuroxr.standardize is standardize
     assert neuroxr.standardize(ds).attrs["standardized"] == "images,responses,behavior,pupil_center"

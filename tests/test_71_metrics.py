@@ -1,18 +1,19 @@
-"""neuroxr.metrics against an independent numpy transcription of the official Sensorium 2022 metrics."""
+"""neuroxr.analysis.metrics (neuroxr.metrics) against an independent numpy transcription of the official Sensorium 2022 metrics."""
 
 from __future__ import annotations
 
 import warnings
 
-import dask
 import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import write_tiny_scan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from neuroxr import datamodel as model, metrics
+from neuroxr import datamodel as model
+from neuroxr import metrics, open_scan
 from neuroxr.analysis.standardization import standardize
 from neuroxr.synthetic import make_scan
 
@@ -77,25 +78,23 @@ def official_metrics(predictions, responses, image_ids, fev_threshold=0.15):
 # Data
 
 
-def responses_array(
-    values: np.ndarray, image_ids: np.ndarray, *, chunk: int | None = None, tiers=None, seed: int = 0
-) -> xr.DataArray:
-    """A ``responses``-like DataArray: trial and neuron coordinates, image_id and tier on trial."""
-    n_trials, n_neurons = values.shape
-    data = values if chunk is None else da.from_array(values, chunks=(chunk, n_neurons))
-    rng = np.random.default_rng(seed)
-    return xr.DataArray(
-        data,
-        dims=("trial", "neuron"),
-        coords={
-            "trial": np.arange(n_trials, dtype=np.int64),
-            "neuron": np.sort(rng.choice(np.arange(1, 4 * n_neurons + 2), n_neurons, replace=False)).astype(np.uint16),
-            "image_id": ("trial", np.asarray(image_ids)),
-            "tier": ("trial", np.asarray(["test"] * n_trials if tiers is None else tiers)),
-            "area": ("neuron", np.array(["V1", "LM"] * n_neurons)[:n_neurons]),
-        },
-        name="responses",
-    )
+@pytest.fixture(scope="module")
+def responses_array(tmp_path_factory: pytest.TempPathFactory):
+    """``responses_array(values, image_ids, chunk=None, tiers=None)``: the ``responses`` of a scan holding these values.
+
+    The scan is written file by file with ``np.save`` (all trials in the test tier unless ``tiers`` say
+    otherwise) and opened with ``open_scan``: dask blocks of ``chunk`` trials, or loaded into numpy
+    when ``chunk`` is None. Trial and neuron coordinates, ``image_id`` and ``tier`` come with it.
+    """
+
+    def scan_responses(values: np.ndarray, image_ids: np.ndarray, *, chunk: int | None = None, tiers=None) -> xr.DataArray:
+        n_trials = len(values)
+        tiers = np.array(["test"] * n_trials) if tiers is None else np.asarray(tiers)
+        folder = write_tiny_scan(tmp_path_factory.mktemp("metrics"), responses=values, image_ids=image_ids, tiers=tiers)
+        responses = open_scan(folder, chunks=chunk or n_trials).responses
+        return responses.load() if chunk is None else responses
+
+    return scan_responses
 
 
 def repeated_trials(repeats, n_neurons: int, seed: int = 0, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,10 +110,6 @@ def repeated_trials(repeats, n_neurons: int, seed: int = 0, noise: float = 0.5) 
     responses = truth + noise * rng.standard_normal(truth.shape) * rng.uniform(0.2, 3, n_neurons)
     predictions = truth + 0.7 * rng.standard_normal(truth.shape)
     return responses.astype(np.float32), predictions.astype(np.float32), image_ids
-
-
-def _forbidden_scheduler(*args, **kwargs):
-    raise AssertionError("something was computed")
 
 
 def _ours(predictions, responses: xr.DataArray, fev_threshold=0.15) -> dict[str, np.ndarray]:
@@ -136,7 +131,7 @@ def _ours(predictions, responses: xr.DataArray, fev_threshold=0.15) -> dict[str,
 
 
 @pytest.mark.parametrize("chunk", [None, 16])
-def test_equals_the_official_metrics(chunk):
+def test_equals_the_official_metrics(responses_array, chunk):
     repeats = [10, 9, 10, 8, 10, 1, 10, 2, 10, 10]
     responses, predictions, image_ids = repeated_trials(repeats, n_neurons=17, seed=1)
     gt = responses_array(responses, image_ids, chunk=chunk)
@@ -151,7 +146,7 @@ def test_equals_the_official_metrics(chunk):
 
 
 @pytest.mark.parametrize("chunk", [None, 7])
-def test_feve_and_summary_equal_the_official_leaderboard(chunk):
+def test_feve_and_summary_equal_the_official_leaderboard(responses_array, chunk):
     responses, predictions, image_ids = repeated_trials([10] * 12, n_neurons=40, seed=2, noise=1.5)
     gt = responses_array(responses, image_ids, chunk=chunk)
     ours = _ours(predictions, gt)
@@ -176,7 +171,7 @@ def test_feve_and_summary_equal_the_official_leaderboard(chunk):
     seed=st.integers(0, 2**16),
     threshold=st.sampled_from([0.15, 0.0, -1.0]),
 )
-def test_equals_the_official_metrics_on_any_grouping_and_chunking(repeats, n_neurons, chunk, seed, threshold):
+def test_equals_the_official_metrics_on_any_grouping_and_chunking(responses_array, repeats, n_neurons, chunk, seed, threshold):
     rng = np.random.default_rng(seed)
     n_trials = sum(repeats)
     image_ids = rng.permutation(np.repeat(np.arange(len(repeats)) * 3 + 11, repeats))
@@ -207,7 +202,7 @@ def test_equals_the_official_metrics_on_any_grouping_and_chunking(repeats, n_neu
     scale=st.floats(0.1, 100),
     shift=st.floats(-100, 100),
 )
-def test_perfect_predictions_score_one_and_scores_ignore_affine_maps_and_trial_order(repeats, seed, scale, shift):
+def test_perfect_predictions_score_one_and_scores_ignore_affine_maps_and_trial_order(responses_array, repeats, seed, scale, shift):
     chunk = None  # numpy; the dask paths are checked against the official numbers above
     responses, predictions, image_ids = repeated_trials(repeats, n_neurons=4, seed=seed)
     responses, predictions = responses.astype(np.float64), predictions.astype(np.float64)
@@ -236,7 +231,7 @@ def test_perfect_predictions_score_one_and_scores_ignore_affine_maps_and_trial_o
     assert metrics.feve(predictions[order], shuffled).fev.values == pytest.approx(fev, abs=1e-9, nan_ok=True)
 
 
-def test_oracle_is_one_for_noiseless_repeats_and_zero_for_images_shown_once():
+def test_oracle_is_one_for_noiseless_repeats_and_zero_for_images_shown_once(responses_array):
     responses, _, image_ids = repeated_trials([5, 5, 5, 5], n_neurons=3, noise=0.0)
     assert metrics.oracle_correlation(responses_array(responses, image_ids)).values == pytest.approx(np.ones(3), abs=1e-6)
     single, _, ids = repeated_trials([1] * 6, n_neurons=3)
@@ -247,11 +242,11 @@ def test_oracle_is_one_for_noiseless_repeats_and_zero_for_images_shown_once():
 # xarray and dask behaviour
 
 
-def test_lazy_in_lazy_out_and_neuron_coordinates_kept():
+def test_lazy_in_lazy_out_and_neuron_coordinates_kept(responses_array, forbidden_scheduler):
     responses, predictions, image_ids = repeated_trials([4, 3, 5, 2], n_neurons=6)
     gt = responses_array(responses, image_ids, chunk=3)
     lazy_predictions = gt.copy(data=da.from_array(predictions, chunks=(5, 6)))
-    with dask.config.set(scheduler=_forbidden_scheduler):
+    with forbidden_scheduler():
         results = [
             metrics.single_trial_correlation(lazy_predictions, gt),
             metrics.correlation_to_average(lazy_predictions, gt),
@@ -272,14 +267,14 @@ def test_lazy_in_lazy_out_and_neuron_coordinates_kept():
     np.testing.assert_allclose(results[2].values, numpy_result.values, atol=1e-12)
 
 
-def test_extra_dimensions_are_kept():
+def test_extra_dimensions_are_kept(responses_array):
     responses, predictions, image_ids = repeated_trials([3, 3, 3], n_neurons=4)
     gt = responses_array(responses, image_ids, chunk=4)
     single = metrics.oracle_correlation(gt.isel(neuron=1))
     assert single.dims == () and float(single.values) == pytest.approx(metrics.oracle_correlation(gt).values[1])
 
 
-def test_predictions_are_aligned_by_trial_and_neuron_labels():
+def test_predictions_are_aligned_by_trial_and_neuron_labels(responses_array):
     responses, predictions, image_ids = repeated_trials([4, 4, 4], n_neurons=5)
     gt = responses_array(responses, image_ids, chunk=5)
     expected = metrics.correlation_to_average(predictions, gt).values
@@ -298,7 +293,7 @@ def test_predictions_are_aligned_by_trial_and_neuron_labels():
         metrics.single_trial_correlation(labelled.rename(neuron="unit"), gt)
 
 
-def test_tier_selection_and_withheld_responses():
+def test_tier_selection_and_withheld_responses(responses_array):
     responses, predictions, image_ids = repeated_trials([3, 3, 3, 3], n_neurons=4)
     tiers = np.array(["train"] * 6 + ["test"] * 6)
     gt = responses_array(responses, image_ids, chunk=5, tiers=tiers)
@@ -320,7 +315,7 @@ def test_tier_selection_and_withheld_responses():
     assert np.isfinite(metrics.oracle_correlation(withheld, tier="train").values).all()
 
 
-def test_no_runtime_warnings_on_degenerate_data():
+def test_no_runtime_warnings_on_degenerate_data(responses_array):
     constant = np.ones((6, 3))
     gt = responses_array(constant, np.array([1, 1, 2, 2, 3, 4]), chunk=2)
     with warnings.catch_warnings():

@@ -1,10 +1,8 @@
-"""Tests of neuroxr.formats.folder.to_folder: the release layout, byte for byte, written atomically."""
+"""neuroxr.formats.release.to_folder: the release layout, byte for byte, written atomically."""
 
 from __future__ import annotations
 
-import importlib.util
 import io
-import itertools
 import zipfile
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 
 from neuroxr import datamodel as model
 from neuroxr.errors import TargetExistsError
-from neuroxr.formats._write import TEMP_MARKER
+from neuroxr import open_scan
 from neuroxr.formats.release import to_folder
 from neuroxr.synthetic import make_scan
 
@@ -22,8 +20,8 @@ N_TRIALS = 30
 
 
 @pytest.fixture(scope="module")
-def scan():
-    return make_scan(**SMALL, competition=True, behavior_withheld=True, seed=11)
+def scan(synthetic):
+    return synthetic(**SMALL, competition=True, behavior_withheld=True, seed=11)
 
 
 @pytest.fixture(scope="module")
@@ -234,37 +232,12 @@ def test_progress_and_argument_errors(scan, tmp_path, capsys):
     assert not (tmp_path / "a.zip").exists() and not (tmp_path / "b").exists()
 
 
-needs_reader = pytest.mark.skipif(
-    importlib.util.find_spec("neuroxr.dataset") is None, reason="neuroxr.dataset not available"
-)
-
-
-@needs_reader
 @pytest.mark.parametrize("as_zip", [False, True])
-def test_round_trip_through_open_scan_is_byte_identical(written, tmp_path, as_zip):
-    from neuroxr import open_scan
-
+def test_round_trip_through_open_scan_is_byte_identical(written, synthetic, tmp_path, as_zip):
     source = written
     if as_zip:
-        same_scan = make_scan(**SMALL, competition=True, behavior_withheld=True, seed=11)
+        same_scan = synthetic(**SMALL, competition=True, behavior_withheld=True, seed=11)
         source = to_folder(same_scan, tmp_path / "source.zip", zip=True)
     ds = open_scan(source)
     again = to_folder(ds, tmp_path / "again")
     assert all_files(again) == all_files(written)
-
-
-@needs_reader
-@pytest.mark.parametrize("kind", ["plain", "competition"])
-def test_make_scan_is_what_open_scan_returns(tmp_path, kind):
-    import xarray as xr
-
-    from neuroxr import open_scan
-
-    options = {"competition": True, "behavior_withheld": True} if kind == "competition" else {}
-    ds = make_scan(**SMALL, seed=2, **options)
-    path = to_folder(ds, tmp_path / ds.attrs["release_name"])
-    opened = open_scan(path)
-    xr.testing.assert_identical(opened.compute(), ds.compute())
-    for name, variable in ds.variables.items():
-        assert opened[name].dtype == variable.dtype, name
-        assert (opened[name].chunks is None) == (variable.chunks is None), name

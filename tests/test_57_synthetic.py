@@ -1,4 +1,4 @@
-"""Tests of neuroxr.synthetic: the lazy synthetic scan matches the Dataset contract and looks real."""
+"""neuroxr.synthetic: the lazy synthetic scan is what open_scan gives for a real one, and it looks real."""
 
 from __future__ import annotations
 
@@ -7,8 +7,11 @@ import re
 import dask.array as da
 import numpy as np
 import pytest
+import xarray as xr
 
 from neuroxr import datamodel as model
+from neuroxr import open_scan
+from neuroxr.formats.release import to_folder
 from neuroxr.synthetic import make_scan, release_scan, write_scan
 
 SMALL = {"n_trials": 60, "n_neurons": 24, "image_shape": (1, 12, 20)}
@@ -232,15 +235,17 @@ def test_deterministic_and_independent_of_chunking(loaded):
     assert other.attrs["release_name"] != loaded.attrs["release_name"]
 
 
-def test_release_preset_is_lazy():
-    ds = release_scan()
+def test_release_preset_is_lazy(forbidden_scheduler):
+    with forbidden_scheduler():
+        ds = release_scan()
     assert ds.images.shape == (7000, 1, 144, 256) and ds.responses.shape == (7000, 8000)
     assert ds.images.dtype == np.float32 and ds.responses.dtype == np.float32
     chunks = ds.images.data.chunks[0]
     assert ds.responses.data.chunks[0] == chunks == ds.behavior.data.chunks[0]
     assert 32 * 2**20 <= chunks[0] * 1 * 144 * 256 * 4 <= 64 * 2**20
     assert ds.responses_statistics.shape == (2, 5, 8000)
-    assert not ds.responses_statistics.variable._in_memory  # computed only when read
+    with forbidden_scheduler(), pytest.raises(AssertionError, match="something was computed"):
+        ds.responses_statistics.values  # computed only when read
     assert ds.tier.size == 7000 and (ds.tier == "test").sum() >= 500
 
 
@@ -258,3 +263,16 @@ def test_write_scan(tmp_path):
     assert path == tmp_path / "scan"
     assert len(list((path / "data" / "responses").iterdir())) == 30
     assert np.load(path / "meta" / "neurons" / "unit_ids.npy").dtype == np.uint16
+
+
+@pytest.mark.parametrize("kind", ["plain", "competition"])
+def test_make_scan_is_what_open_scan_returns(tmp_path, kind):
+    """The guard of the one builder: a synthetic scan written out and opened again is the same Dataset."""
+    options = {"competition": True, "behavior_withheld": True} if kind == "competition" else {}
+    ds = make_scan(n_trials=30, n_neurons=9, image_shape=(1, 6, 10), chunk_trials=12, seed=2, **options)
+    path = to_folder(ds, tmp_path / ds.attrs["release_name"])
+    opened = open_scan(path)
+    xr.testing.assert_identical(opened.compute(), ds.compute())
+    for name, variable in ds.variables.items():
+        assert opened[name].dtype == variable.dtype, name
+        assert (opened[name].chunks is None) == (variable.chunks is None), name

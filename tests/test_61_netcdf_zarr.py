@@ -18,10 +18,11 @@ import xarray as xr
 
 import neuroxr
 from neuroxr.errors import TargetExistsError
-from neuroxr.formats import _prepare, _write
-from neuroxr.formats._write import TEMP_MARKER
 from neuroxr.formats.netcdf import open_netcdf, to_netcdf
 from neuroxr.formats.zarr import open_zarr, to_zarr
+
+#: What a partial export is called beside its target (``.<target name>.neuroxr-partial-<id>``), as a user finds it.
+PARTIAL = ".neuroxr-partial-"
 
 FORMATS = {
     "netcdf": (to_netcdf, open_netcdf, ".nc", xr.open_dataset),
@@ -29,22 +30,13 @@ FORMATS = {
 }
 
 
-def small_scan(*, n_trials: int = 40, n_neurons: int = 9, competition: bool = False, seed: int = 0) -> xr.Dataset:
-    """A small contract scan in several dask blocks, with the dtype corner cases an exporter must keep.
+def with_corner_cases(ds: xr.Dataset) -> xr.Dataset:
+    """A scan with the dtype corner cases an exporter must keep, beyond what ``make_scan`` gives.
 
-    Beyond what ``make_scan`` gives (uint16/uint8 neuron coords, a bool coord, hex trial_idx and
-    NaN cells in competition scans): a ``<U32`` coord holding shorter strings, a non-ASCII label,
-    a NaN statistic and a unicode attribute.
+    ``make_scan`` already has uint16/uint8 neuron coords, a bool coord, hex trial_idx and NaN cells in
+    competition scans; this adds a ``<U32`` coord holding shorter strings, a non-ASCII label, a NaN
+    statistic and a unicode attribute.
     """
-    ds = neuroxr.make_scan(
-        n_trials=n_trials,
-        n_neurons=n_neurons,
-        image_shape=(1, 6, 8),
-        competition=competition,
-        behavior_withheld=competition,
-        seed=seed,
-        chunk_trials=16,
-    )
     layer = ds.layer.values.astype("<U12")
     layer[0] = "L2/3 – ü"
     stats = ds.responses_statistics.values.copy()
@@ -55,14 +47,21 @@ def small_scan(*, n_trials: int = 40, n_neurons: int = 9, competition: bool = Fa
     ).assign(responses_statistics=ds.responses_statistics.variable.copy(data=stats)).assign_attrs(units_note="µm")
 
 
-def tiny(n_trials: int = 40) -> xr.Dataset:
-    """A two-variable Dataset in blocks of 16 trials, for tests where the scan's content does not matter."""
-    responses = da.random.default_rng(0).random((n_trials, 5), chunks=(16, 5)).astype(np.float32)
-    return xr.Dataset(
-        {"responses": (("trial", "neuron"), responses, {"sensorium_file": "data/responses"})},
-        coords={"trial": np.arange(n_trials), "tier": ("trial", np.full(n_trials, "train", dtype="<U10"))},
-        attrs={"scan": "30001-2-3"},
-    )
+def small_scan(synthetic, *, n_trials: int = 40, n_neurons: int = 9, competition: bool = False, seed: int = 0) -> xr.Dataset:
+    """A small synthetic scan in several dask blocks, with the corner cases."""
+    ds = synthetic(n_trials=n_trials, n_neurons=n_neurons, image_shape=(1, 6, 8), competition=competition,
+                   behavior_withheld=competition, seed=seed, chunk_trials=16)  # fmt: skip
+    return with_corner_cases(ds)
+
+
+@pytest.fixture(scope="module")
+def tiny(synthetic):
+    """``tiny(n_trials=40)``: the responses of a synthetic scan in blocks of 16 trials, for tests where the content does not matter."""
+
+    def responses(n_trials: int = 40, n_neurons: int = 5) -> xr.Dataset:
+        return synthetic(n_trials=n_trials, n_neurons=n_neurons, image_shape=(1, 2, 2), chunk_trials=16)[["responses"]]
+
+    return responses
 
 
 def assert_same_dtypes(actual: xr.Dataset, expected: xr.Dataset) -> None:
@@ -71,13 +70,13 @@ def assert_same_dtypes(actual: xr.Dataset, expected: xr.Dataset) -> None:
     assert not wrong, f"dtypes differ (read, written): {wrong}"
 
 
-def scan_tree() -> xr.DataTree:
+def scan_tree(synthetic) -> xr.DataTree:
     """Two scans of different sizes as siblings under an attribute-only root."""
     return xr.DataTree.from_dict(
         {
             "/": xr.Dataset(attrs={"format": "sensorium-2022-static", "scans": "30001-2-3,30002-1-1"}),
-            "/30001-2-3": small_scan(),
-            "/30002-1-1": small_scan(n_trials=25, n_neurons=5, competition=True, seed=1).assign_attrs(scan="30002-1-1"),
+            "/30001-2-3": small_scan(synthetic),
+            "/30002-1-1": small_scan(synthetic, n_trials=25, n_neurons=5, competition=True, seed=1).assign_attrs(scan="30002-1-1"),
         }
     )
 
@@ -89,8 +88,8 @@ KINDS = {"normal": {}, "competition": {"competition": True}}
 
 
 @pytest.fixture(scope="module")
-def scans() -> dict[str, xr.Dataset]:
-    return {kind: small_scan(**kwargs) for kind, kwargs in KINDS.items()}
+def scans(synthetic) -> dict[str, xr.Dataset]:
+    return {kind: small_scan(synthetic, **kwargs) for kind, kwargs in KINDS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -138,9 +137,9 @@ def test_plain_xarray_reads_it_back(scans, written, fmt: str) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_datatree_of_two_scans_round_trips(tmp_path: Path, fmt: str) -> None:
+def test_datatree_of_two_scans_round_trips(synthetic, tmp_path: Path, fmt: str) -> None:
     write, read, suffix, _ = FORMATS[fmt]
-    tree = scan_tree()
+    tree = scan_tree(synthetic)
     target = write(tree, tmp_path / f"scans{suffix}")
     back = read(target)
     assert isinstance(back, xr.DataTree)
@@ -194,7 +193,7 @@ def test_zarr_chunks_match_dask_chunks_and_no_warning_escapes(written) -> None:
     assert (path / "zarr.json").is_file() and "consolidated_metadata" in (path / "zarr.json").read_text()
 
 
-def test_irregular_chunks_are_regularised(tmp_path: Path) -> None:
+def test_irregular_chunks_are_regularised(tiny, tmp_path: Path) -> None:
     ds = tiny().chunk({"trial": (5, 15, 15, 5)})
     for write, read, suffix, _ in FORMATS.values():
         back = read(write(ds, tmp_path / f"scan{suffix}"))
@@ -218,7 +217,7 @@ def test_each_block_is_computed_once(tmp_path: Path) -> None:
         assert sorted(calls) == [0, 1, 2]
 
 
-def test_stale_encodings_from_a_read_file_are_dropped(tmp_path: Path) -> None:
+def test_stale_encodings_from_a_read_file_are_dropped(tiny, tmp_path: Path) -> None:
     first = to_netcdf(tiny(), tmp_path / "first.nc")
     subset = open_netcdf(first).isel(trial=slice(0, 10), neuron=slice(0, 4))
     assert subset.responses.encoding["chunksizes"][0] == 16  # larger than the new trial dimension
@@ -231,10 +230,10 @@ def test_stale_encodings_from_a_read_file_are_dropped(tmp_path: Path) -> None:
 # compression and attributes
 
 
-def test_compression_option(tmp_path: Path) -> None:
+def test_compression_option(tiny, tmp_path: Path) -> None:
     import json
 
-    ds = tiny(64)
+    ds = tiny(64, n_neurons=200)  # enough data for compression to show beside the file's own metadata
     plain = to_netcdf(ds, tmp_path / "none.nc", compression=None)
     zlib = to_netcdf(ds, tmp_path / "zlib.nc", compression="zlib:4")
     assert zlib.stat().st_size < plain.stat().st_size
@@ -247,21 +246,23 @@ def test_compression_option(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.nc").exists()
 
 
-def test_attributes_are_normalised_to_storable_values(tmp_path: Path) -> None:
+def test_attributes_are_normalised_to_storable_values(tiny, tmp_path: Path) -> None:
     ds = tiny().assign_attrs(flag=True, nested={"a": [1, 2]}, nothing=None, pair=(1, 2), names=["a", "b"])
+    ds = ds.assign_attrs(numpy_flag=np.bool_(False), numbers=np.array([1.5, 2.5]), mixed=["a", 1])
     back = open_netcdf(to_netcdf(ds, tmp_path / "scan.nc"))
     assert back.attrs["flag"] == 1 and back.attrs["nested"] == '{"a": [1, 2]}'
     assert "nothing" not in back.attrs and list(back.attrs["pair"]) == [1, 2] and list(back.attrs["names"]) == ["a", "b"]
+    assert back.attrs["numpy_flag"] == 0 and list(back.attrs["numbers"]) == [1.5, 2.5] and back.attrs["mixed"] == '["a", 1]'
     assert ds.attrs["flag"] is True  # the source is not modified
 
 
-def test_multiindex_is_refused_with_advice(tmp_path: Path) -> None:
+def test_multiindex_is_refused_with_advice(tiny, tmp_path: Path) -> None:
     ds = tiny().assign_coords(image_id=("trial", np.arange(40))).set_index(trial=["image_id", "tier"])
     with pytest.raises(ValueError, match=r"reset_index\('trial'\)"):
         to_netcdf(ds, tmp_path / "scan.nc")
 
 
-def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar(tiny, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     to_zarr(tiny(), tmp_path / "scan.zarr", progress=True)
     assert "100%" in capsys.readouterr().err
 
@@ -271,11 +272,11 @@ def test_progress_bar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if TEMP_MARKER in p.name)
+    return sorted(p.name for p in folder.iterdir() if PARTIAL in p.name)
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_existing_target_is_refused_unless_overwrite(tmp_path: Path, fmt: str) -> None:
+def test_existing_target_is_refused_unless_overwrite(tiny, tmp_path: Path, fmt: str) -> None:
     write, read, suffix, _ = FORMATS[fmt]
     target = write(tiny(20), tmp_path / f"scan{suffix}")
     with pytest.raises(TargetExistsError, match="overwrite=True"):
@@ -286,7 +287,7 @@ def test_existing_target_is_refused_unless_overwrite(tmp_path: Path, fmt: str) -
     assert _leftovers(tmp_path) == []
 
 
-def test_refuses_to_write_over_its_own_source(tmp_path: Path) -> None:
+def test_refuses_to_write_over_its_own_source(tiny, tmp_path: Path) -> None:
     path = to_netcdf(tiny(), tmp_path / "scan.nc")
     opened = open_netcdf(path)
     with pytest.raises(ValueError, match="refusing to write over the data being exported"):
@@ -295,7 +296,7 @@ def test_refuses_to_write_over_its_own_source(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_failure_in_a_dask_task_leaves_nothing(tmp_path: Path, fmt: str) -> None:
+def test_failure_in_a_dask_task_leaves_nothing(tiny, tmp_path: Path, fmt: str) -> None:
     write, _, suffix, _ = FORMATS[fmt]
     ds = tiny()
 
@@ -367,10 +368,10 @@ def test_killed_export_leaves_no_complete_looking_file(tmp_path: Path) -> None:
                 process.kill()
     for target, _ in runs.values():
         assert not target.exists()
-        assert any(name.startswith(f".{target.name}{TEMP_MARKER}") for name in _leftovers(tmp_path))
+        assert any(name.startswith(f".{target.name}{PARTIAL}") for name in _leftovers(tmp_path))
 
 
-def test_full_disk_is_reported_before_writing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_is_reported_before_writing(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(OSError, match="not enough space") as caught:
         to_netcdf(tiny(), tmp_path / "scan.nc")
@@ -378,22 +379,24 @@ def test_full_disk_is_reported_before_writing(tmp_path: Path, monkeypatch: pytes
     assert list(tmp_path.iterdir()) == []
 
 
-def test_write_error_on_a_full_device_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    error = _write.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
-    assert not isinstance(error, OSError)
-    assert any("scan.nc" in note for note in error.__notes__)
+def test_write_error_on_a_full_device_is_named(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(x: np.ndarray) -> np.ndarray:
+        raise RuntimeError("NetCDF: HDF error")
+
+    ds = tiny()
+    broken = ds.assign(responses=ds.responses.copy(data=ds.responses.data.map_blocks(fail, dtype=np.float32)))
+    target = tmp_path / "scan.nc"
+    with pytest.raises(RuntimeError, match="HDF error") as caught:
+        to_netcdf(broken, target, compression="zlib")  # compressed: no free-space check before writing
+    assert not isinstance(caught.value, OSError)
+    assert any("scan.nc" in note for note in caught.value.__notes__)
     monkeypatch.setattr("shutil.disk_usage", lambda path: type("Usage", (), {"free": 0})())
-    full = _write.explain_write_error(RuntimeError("NetCDF: HDF error"), tmp_path / "scan.nc")
-    assert isinstance(full, OSError) and full.errno == errno.ENOSPC and "no space left" in str(full)
+    with pytest.raises(OSError, match="no space left") as full:
+        to_netcdf(broken, target, compression="zlib")
+    assert full.value.errno == errno.ENOSPC and "scan.nc" in str(full.value)
+    assert list(tmp_path.iterdir()) == []
 
 
-def test_missing_target_folder_is_a_clear_error(tmp_path: Path) -> None:
+def test_missing_target_folder_is_a_clear_error(tiny, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         to_zarr(tiny(), tmp_path / "absent" / "scan.zarr")
-
-
-def test_normalise_attr() -> None:
-    assert _prepare.normalise_attr(np.bool_(False)) == 0
-    assert _prepare.normalise_attr(np.array([1.5, 2.5])) == [1.5, 2.5]
-    assert _prepare.normalise_attr(["a", 1]) == '["a", 1]'
-    assert _prepare.normalise_attr(None) is None

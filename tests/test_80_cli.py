@@ -1,4 +1,4 @@
-"""The neuroxr command, run in-process and once as a real subprocess."""
+"""neuroxr.cli: the neuroxr command, run in-process and once as a real subprocess."""
 
 from __future__ import annotations
 
