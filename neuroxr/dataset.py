@@ -229,7 +229,7 @@ def build_dataset(
         if rows is not None:
             masked.append(name)
         if name not in drop:
-            reader = TrialReader(variable.series, variable.header, rows)
+            reader = TrialReader(variable.files, variable.header, rows)
             data[name] = indexing.LazilyIndexedArray(TrialStackArray(reader, layout.n_trials))
     statistics = {
         name: _layout_statistics(layout, name) for name in layout.variables if name in layout.statistics and name not in drop

@@ -15,14 +15,14 @@ from xarray.core import indexing
 
 from neuroxr.errors import ScanError
 from neuroxr.npy import NpyHeader, load_array
-from neuroxr.sources import Series
+from neuroxr.sources import NumberedFiles
 
 
 class TrialReader:
     """Reads any set of trials of one variable into a new array. Picklable: paths and offsets only."""
 
-    def __init__(self, series: Series, header: NpyHeader, masked_trials: np.ndarray | None = None) -> None:
-        self.series = series
+    def __init__(self, files: NumberedFiles, header: NpyHeader, masked_trials: np.ndarray | None = None) -> None:
+        self.files = files
         self.header = header
         self.masked_trials = masked_trials  # bool per trial: cells to set to NaN
         self.stored_dtype = header.dtype.newbyteorder("=")
@@ -60,22 +60,22 @@ class TrialReader:
             buffers.append([header, payloads[row * size : (row + 1) * size]] if payloads is not None else [header])
         numbers_list = numbers.tolist()
         try:
-            got = self.series.read_into(numbers_list, buffers) if self.fast else [-1] * len(numbers_list)
+            got = self.files.read_into(numbers_list, buffers) if self.fast else [-1] * len(numbers_list)
         except FileNotFoundError as error:
-            raise ScanError(error.filename or self.series.label(numbers_list[0]), "missing (was the scan changed after opening?)") from error
+            raise ScanError(error.filename or self.files.label(numbers_list[0]), "missing (was the scan changed after opening?)") from error
         for row, (number, count) in enumerate(zip(numbers_list, got)):
             if count != wanted or header_views[row * length : (row + 1) * length] != expected:
                 out[row] = self._decode(number)
 
     def _decode(self, number: int) -> np.ndarray:
         """The slow path: decode one whole file and check it matches file 0."""
-        label = self.series.label(number)
-        array = load_array(self.series.read(number), label)
+        label = self.files.label(number)
+        array = load_array(self.files.read(number), label)
         if array.shape != self.header.shape or array.dtype.newbyteorder("=") != self.stored_dtype:
             raise ScanError(
                 label,
                 f"holds {array.dtype} {array.shape}, expected {self.header.dtype} {self.header.shape} "
-                f"like {self.series.label(0)}",
+                f"like {self.files.label(0)}",
             )
         return array
 

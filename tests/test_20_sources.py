@@ -13,7 +13,7 @@ import pytest
 from conftest import METHODS, N_FILES, TOP, contents, expect_scan_error, npy, write_folder, write_zip, zip_scan
 
 from neuroxr.errors import ScanError
-from neuroxr.sources import FolderSeries, FolderSource, ZipSeries, ZipSource, open_source
+from neuroxr.sources import FolderFiles, FolderSource, ZipMembers, ZipSource, open_source
 
 @pytest.fixture(params=["folder", *METHODS])
 def source(request: pytest.FixtureRequest, tmp_path: Path) -> FolderSource | ZipSource:
@@ -45,7 +45,7 @@ def test_whole_files_read_like_zipfile(source: FolderSource | ZipSource) -> None
 def test_every_compression_method_reads_what_zipfile_reads(tmp_path: Path, method: str) -> None:
     archive = write_zip(tmp_path / "a.zip", METHODS[method])
     source = ZipSource(archive).within(f"{TOP}/")
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     with zipfile.ZipFile(archive) as reference:
         assert {info.compress_type for info in reference.infolist()} == {METHODS[method]}
         for k in range(N_FILES):
@@ -60,10 +60,10 @@ def test_labels_name_the_file_as_a_user_finds_it(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED)
     source = ZipSource(archive).within(f"{TOP}/")
     assert source.label("meta/a.npy") == f"{archive}::{TOP}/meta/a.npy"
-    assert source.series("data/x", N_FILES, ".npy").label(5) == f"{archive}::{TOP}/data/x/5.npy"
+    assert source.numbered("data/x", N_FILES, ".npy").label(5) == f"{archive}::{TOP}/data/x/5.npy"
     folder = FolderSource(write_folder(tmp_path / "unpacked"))
     assert folder.label("meta/a.npy") == str(tmp_path / "unpacked" / TOP / "meta" / "a.npy")
-    assert folder.series("data/x", N_FILES, ".npy").label(5) == str(tmp_path / "unpacked" / TOP / "data" / "x" / "5.npy")
+    assert folder.numbered("data/x", N_FILES, ".npy").label(5) == str(tmp_path / "unpacked" / TOP / "data" / "x" / "5.npy")
 
 
 def test_within_moves_the_root_down(source: FolderSource | ZipSource) -> None:
@@ -73,17 +73,17 @@ def test_within_moves_the_root_down(source: FolderSource | ZipSource) -> None:
     assert {folder: sorted(names) for folder, names in data.listing().items()} == {"x": sorted(f"{k}.npy" for k in range(N_FILES))}
     assert data.read("x/2.npy") == contents()["data/x/2.npy"]
     assert data.label("x/2.npy") == source.label("data/x/2.npy")
-    assert data.series("x", N_FILES, ".npy").read(4) == source.series("data/x", N_FILES, ".npy").read(4)
+    assert data.numbered("x", N_FILES, ".npy").read(4) == source.numbered("data/x", N_FILES, ".npy").read(4)
 
 
 def test_sizes(source: FolderSource | ZipSource) -> None:
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     assert [series.size(k) for k in range(N_FILES)] == [len(contents()[f"data/x/{k}.npy"]) for k in range(N_FILES)]
 
 
 def test_read_into_never_reads_past_a_file(source: FolderSource | ZipSource) -> None:
     """Buffers larger than the file: the bytes beyond it stay as they were, and the count is the file's size."""
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     numbers = [4, 1, 3, 0, 4]  # any order, repeats, the empty file 0.npy among them
     buffers, expected = [], []
     for number in numbers:
@@ -101,7 +101,7 @@ def test_read_into_never_reads_past_a_file(source: FolderSource | ZipSource) -> 
 
 
 def test_read_into_fills_short_buffers_with_the_leading_bytes(source: FolderSource | ZipSource) -> None:
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     first, second = bytearray(5), bytearray(7)
     assert series.read_into([6], [[memoryview(first), memoryview(second)]]) == [12]
     assert bytes(first + second) == contents()["data/x/6.npy"][:12]
@@ -114,17 +114,17 @@ def test_series_pickle_small_and_read_the_same(tmp_path: Path) -> None:
         for k in range(n):
             archive.writestr(f"scan/data/responses/{k}.npy", data)
     source = ZipSource(tmp_path / "big.zip").within("scan/")
-    series = source.series("data/responses", n, ".npy")
+    series = source.numbered("data/responses", n, ".npy")
     pickled = pickle.dumps(series)
     assert len(pickled) < 200_000, f"a {n}-member series pickles to {len(pickled)} bytes"
     restored = pickle.loads(pickled)
-    assert isinstance(restored, ZipSeries)
+    assert isinstance(restored, ZipMembers)
     assert [restored.read(k) for k in (0, 4321, n - 1)] == [data] * 3
     assert restored.label(4321) == series.label(4321) and restored.size(4321) == len(data)
     with pytest.raises(TypeError, match="not sent to workers"):
         pickle.dumps(source)
-    folder_series = pickle.loads(pickle.dumps(FolderSource(tmp_path).series("data/x", n, ".npy")))
-    assert isinstance(folder_series, FolderSeries) and len(pickle.dumps(folder_series)) < 1000
+    folder_series = pickle.loads(pickle.dumps(FolderSource(tmp_path).numbered("data/x", n, ".npy")))
+    assert isinstance(folder_series, FolderFiles) and len(pickle.dumps(folder_series)) < 1000
 
 
 def _set_encrypted(archive: Path, member: str) -> None:
@@ -154,7 +154,7 @@ def test_an_encrypted_member_is_refused_naming_it(tmp_path: Path) -> None:
         reference.read(member)  # zipfile sees the flag too
     source = ZipSource(archive).within(f"{TOP}/")
     assert source.read("data/x/1.npy") == contents()["data/x/1.npy"]  # the others still read
-    for attempt in (lambda: source.read("data/x/2.npy"), lambda: source.series("data/x", N_FILES, ".npy")):
+    for attempt in (lambda: source.read("data/x/2.npy"), lambda: source.numbered("data/x", N_FILES, ".npy")):
         with pytest.raises(ScanError, match="encrypted") as caught:
             attempt()
         assert caught.value.path == f"{archive}::{member}"
@@ -174,7 +174,7 @@ def test_a_broken_local_header_is_named(tmp_path: Path) -> None:
     data = bytearray(archive.read_bytes())
     data[offset : offset + 4] = b"XX\x03\x04"
     archive.write_bytes(bytes(data))
-    series = ZipSource(archive).within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    series = ZipSource(archive).within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     assert series.read(4) == contents()["data/x/4.npy"]
     with pytest.raises(ScanError, match="no local header where the central directory points") as caught:
         series.read(5)

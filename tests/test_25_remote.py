@@ -144,7 +144,7 @@ def test_every_compression_method_reads_what_zipfile_reads(http_root, method: st
     assert isinstance(source, RemoteZipSource) and source.name == "a"
     source = source.within(f"{TOP}/")
     assert source.name == TOP
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     with zipfile.ZipFile(archive) as reference:
         expected = [reference.read(f"{TOP}/data/x/{k}.npy") for k in range(N_FILES)]
     assert series.fetch([3, 0, 6, 3]) == [expected[3], expected[0], expected[6], expected[3]]
@@ -159,7 +159,7 @@ def test_every_compression_method_reads_what_zipfile_reads(http_root, method: st
 def test_read_into_never_reads_past_a_member(http_root) -> None:
     url, root, _ = http_root
     write_zip(root / "a.zip", zipfile.ZIP_STORED)
-    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     data = contents()["data/x/5.npy"]
     buffer = bytearray(b"\xab" * (len(data) + 100))
     assert series.read_into([5], [[memoryview(buffer)]]) == [len(data)]
@@ -169,7 +169,7 @@ def test_read_into_never_reads_past_a_member(http_root) -> None:
 def test_remote_series_pickle_small_and_read_the_same(http_root) -> None:
     url, root, _ = http_root
     write_zip(root / "a.zip", zipfile.ZIP_DEFLATED)
-    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     pickled = pickle.dumps(series)
     assert len(pickled) < 2_000
     assert pickle.loads(pickled).read(4) == contents()["data/x/4.npy"]
@@ -179,7 +179,7 @@ def test_a_member_that_cannot_be_fetched_is_named(http_root) -> None:
     url, root, _ = http_root
     archive = write_zip(root / "a.zip", zipfile.ZIP_DEFLATED)
     source = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/")
-    series = source.series("data/x", N_FILES, ".npy")
+    series = source.numbered("data/x", N_FILES, ".npy")
     archive.unlink()  # gone from the server after opening
     with pytest.raises(neuroxr.ScanError, match="cannot be fetched") as caught:
         series.read(2)
@@ -193,7 +193,7 @@ def test_a_file_of_a_remote_folder_that_cannot_be_fetched_is_named(tmp_path: Pat
     scan = write_tiny_scan(tmp_path)
     source = open_source(f"file://{scan}")
     assert isinstance(source, RemoteFolderSource)
-    series = source.series("data/responses", 24, ".npy")
+    series = source.numbered("data/responses", 24, ".npy")
     assert series.read(3) == (scan / "data/responses/3.npy").read_bytes()
     (scan / "data/responses/3.npy").unlink()
     with pytest.raises(neuroxr.ScanError, match="cannot be fetched") as caught:
@@ -212,7 +212,7 @@ def test_a_corrupt_local_header_is_a_scan_error(http_root) -> None:
     data = bytearray(archive.read_bytes())
     data[offset : offset + 4] = b"PK\x05\x06"  # another record's signature where the local header should be
     archive.write_bytes(bytes(data))
-    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     assert series.read(4) == contents()["data/x/4.npy"]
     with pytest.raises(neuroxr.ScanError, match="no local header where the central directory points") as caught:
         series.read(5)
@@ -234,7 +234,7 @@ def test_a_local_extra_field_longer_than_the_first_range(http_root, method: str)
     with zipfile.ZipFile(root / "a.zip") as reference:
         offset = reference.getinfo(f"{TOP}/data/x/6.npy").header_offset
     assert struct.unpack_from("<H", raw, offset + 28)[0] > EXTRA_SLACK  # the local header's own extra length
-    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").series("data/x", N_FILES, ".npy")
+    series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     before = len(served)
     assert series.fetch(list(range(N_FILES))) == [files[f"data/x/{k}.npy"] for k in range(N_FILES)]
     assert len(served) - before == 2 * N_FILES  # one batch of ranges, then the rest of each member

@@ -32,7 +32,7 @@ def test_the_layout_of_a_scan(shared_scan: Path, tmp_path: Path, kind: str) -> N
         reference = np.load(shared_scan / "data" / name / "0.npy")
         assert variable.header.shape == reference.shape and variable.header.dtype == reference.dtype
         assert variable.header.file_bytes == (shared_scan / "data" / name / "0.npy").stat().st_size
-        assert variable.series.read(5) == (shared_scan / "data" / name / "5.npy").read_bytes()
+        assert variable.files.read(5) == (shared_scan / "data" / name / "5.npy").read_bytes()
     assert sorted(layout.trials) == ["frame_image_class", "frame_image_id", "frame_trial_ts", "scan_idx", "tiers", "trial_idx"]
     np.testing.assert_array_equal(layout.trials["tiers"], np.load(shared_scan / "meta/trials/tiers.npy"))
     np.testing.assert_array_equal(layout.neurons["unit_ids"], np.load(shared_scan / "meta/neurons/unit_ids.npy"))

@@ -20,7 +20,7 @@ from neuroxr.lazy import TrialReader, TrialStackArray
 
 def reader_of(scan: Path, variable: str, masked: np.ndarray | None = None) -> TrialReader:
     layout = read_layout(scan)
-    return TrialReader(layout.variables[variable].series, layout.variables[variable].header, masked)
+    return TrialReader(layout.variables[variable].files, layout.variables[variable].header, masked)
 
 
 def byte_swapped(path: Path) -> None:

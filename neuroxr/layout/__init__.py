@@ -18,7 +18,7 @@ from neuroxr import datamodel
 from neuroxr.errors import ScanError
 from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array, parse_header
 from neuroxr.layout.discover import open_scan_source
-from neuroxr.sources import Series, Source
+from neuroxr.sources import NumberedFiles, Source
 
 _SCAN_KEY = re.compile(r"(\d+-\d+-\d+)-(?:GrayImageNet|ColorImageNet|preproc|Video)")
 
@@ -28,7 +28,7 @@ class TrialVariable:
     """One ``data/<name>/`` folder: its numbered files and the header of file 0."""
 
     name: str
-    series: Series
+    files: NumberedFiles
     header: NpyHeader
 
 
@@ -91,11 +91,11 @@ def _trial_count(source: Source, folder: str, names: list[str]) -> int:
     return len(numbers)
 
 
-def read_header(series: Series, number: int = 0) -> NpyHeader:
-    """The .npy header of file ``number`` of a series."""
+def read_header(files: NumberedFiles, number: int = 0) -> NpyHeader:
+    """The .npy header of file ``number`` of some numbered files."""
     buffer = bytearray(HEADER_PROBE)
-    got = series.read_into([number], [[memoryview(buffer)]])[0]
-    return parse_header(bytes(buffer[:got]), series.label(number))
+    got = files.read_into([number], [[memoryview(buffer)]])[0]
+    return parse_header(bytes(buffer[:got]), files.label(number))
 
 
 def _check_length(source: Source, relative: str, array: np.ndarray, expected: int, what: str) -> None:
@@ -137,8 +137,8 @@ def layout_of(source: Source) -> ScanLayout:
         raise ScanError(source.label(datamodel.DATA_DIR), "the data folders hold no trial files")
 
     ordered = [name for name in datamodel.DATA_VARIABLES if name in counts] + sorted(set(counts) - set(datamodel.DATA_VARIABLES))
-    series = {name: source.series(f"{datamodel.DATA_DIR}/{name}", n_trials, ".npy") for name in ordered}
-    variables = {name: TrialVariable(name, series[name], read_header(series[name])) for name in ordered}
+    files = {name: source.numbered(f"{datamodel.DATA_DIR}/{name}", n_trials, ".npy") for name in ordered}
+    variables = {name: TrialVariable(name, files[name], read_header(files[name])) for name in ordered}
 
     meta_files = sorted(
         f"{folder}/{name}"

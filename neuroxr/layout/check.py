@@ -21,18 +21,18 @@ def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = Non
         expected = variable.header
         buffer = bytearray(HEADER_PROBE)
         for number in range(layout.n_trials):
-            label = variable.series.label(number)
+            label = variable.files.label(number)
             try:
-                got = variable.series.read_into([number], [[memoryview(buffer)]])[0]
+                got = variable.files.read_into([number], [[memoryview(buffer)]])[0]
                 prefix = bytes(buffer[:got])
                 header = expected if prefix.startswith(expected.raw) else parse_header(prefix, label)
                 if header.shape != expected.shape or not _same_type(header.dtype, expected.dtype):
                     yield (
                         f"{label}: holds {header.dtype} {header.shape}, "
-                        f"expected {expected.dtype} {expected.shape} like {variable.series.label(0)}"
+                        f"expected {expected.dtype} {expected.shape} like {variable.files.label(0)}"
                     )
                 else:
-                    size = variable.series.size(number)
+                    size = variable.files.size(number)
                     if size != header.file_bytes:
                         problem = "truncated" if size < header.file_bytes else "has trailing bytes"
                         yield f"{label}: {problem}: {size} bytes, the header promises {header.file_bytes}"

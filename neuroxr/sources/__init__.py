@@ -12,19 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import Series, Source, copy_into, group_by_folder, is_ignored
-from neuroxr.sources.folder import FolderSeries, FolderSource
+from neuroxr.sources.base import NumberedFiles, Source, copy_into, group_by_folder, is_ignored
+from neuroxr.sources.folder import FolderFiles, FolderSource
 from neuroxr.sources.remote import RemoteFolderSource, RemoteZipSource, open_url
-from neuroxr.sources.zip import ZipSeries, ZipSource
+from neuroxr.sources.zip import ZipMembers, ZipSource
 
 __all__ = [
-    "FolderSeries",
+    "FolderFiles",
     "FolderSource",
     "RemoteFolderSource",
     "RemoteZipSource",
-    "Series",
+    "NumberedFiles",
     "Source",
-    "ZipSeries",
+    "ZipMembers",
     "ZipSource",
     "copy_into",
     "group_by_folder",

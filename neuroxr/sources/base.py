@@ -1,10 +1,10 @@
-"""What every source offers: the :class:`Source` and :class:`Series` protocols, and helpers they share.
+"""What every source offers: the :class:`Source` and :class:`NumberedFiles` protocols, and helpers they share.
 
 A *source* is where the bytes of a scan are. It lists the files under its root, reads whole small
 files (one at a time or many in one batch), narrows itself to a folder inside it, and hands out
-*series*: numbered files (``dir/0.npy``, ``dir/1.npy``, ...) that a worker reads by number into
-caller-supplied buffers, many at a time. Series hold paths and offsets only, never an open handle,
-so they pickle small and work on any dask scheduler. Nothing here knows about Sensorium or .npy.
+*numbered files* (``dir/0.npy``, ``dir/1.npy``, ...) that a worker reads by number into
+caller-supplied buffers, many at a time. Numbered files hold paths and offsets only, never an open
+handle, so they pickle small and work on any dask scheduler. Nothing here knows about Sensorium or .npy.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def limit_to(buffers: Buffers, size: int) -> list[memoryview]:
     return kept
 
 
-class Series(Protocol):
+class NumberedFiles(Protocol):
     """Numbered files ``{directory}/{k}{suffix}``, read by number; picklable."""
 
     def label(self, number: int) -> str:
@@ -126,6 +126,6 @@ class Source(Protocol):
         """The same source with its root moved down to ``folder`` (relative; "" is the root itself)."""
         ...
 
-    def series(self, directory: str, count: int, suffix: str) -> Series:
+    def numbered(self, directory: str, count: int, suffix: str) -> NumberedFiles:
         """The numbered files ``directory/0{suffix}`` .. ``directory/{count-1}{suffix}``."""
         ...

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from neuroxr.sources.base import Buffers, is_ignored
 
 
-class FolderSeries:
+class FolderFiles:
     """Numbered files in a folder, each read with one ``preadv``."""
 
     def __init__(self, directory: str, suffix: str) -> None:
@@ -17,7 +17,7 @@ class FolderSeries:
         self._prefix = os.path.join(directory, "")
 
     def __repr__(self) -> str:
-        return f"FolderSeries({self.directory!r}, {self.suffix!r})"
+        return f"FolderFiles({self.directory!r}, {self.suffix!r})"
 
     def label(self, number: int) -> str:
         return f"{self._prefix}{number}{self.suffix}"
@@ -91,5 +91,5 @@ class FolderSource:
     def within(self, folder: str) -> FolderSource:
         return FolderSource(os.path.join(self.root, folder)) if folder else self
 
-    def series(self, directory: str, count: int, suffix: str) -> FolderSeries:
-        return FolderSeries(os.path.join(self.root, directory), suffix)
+    def numbered(self, directory: str, count: int, suffix: str) -> FolderFiles:
+        return FolderFiles(os.path.join(self.root, directory), suffix)

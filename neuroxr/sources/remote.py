@@ -4,7 +4,7 @@ A remote .zip is never downloaded whole: its central directory is read with a fe
 and a batch of members (a block of trials, or the meta/ arrays) is fetched as one batch of
 concurrent range requests, one per member, then decompressed like a local member
 (:mod:`neuroxr.sources.zipmember`). A remote folder (object stores, or anything fsspec can list)
-works the same way with whole-file reads. Series hold the URL, the storage options and offsets:
+works the same way with whole-file reads. NumberedFiles hold the URL, the storage options and offsets:
 they pickle and run on any worker.
 """
 
@@ -66,7 +66,7 @@ def fetch_files(fs: Any, paths: Sequence[str]) -> list[bytes]:
     return found
 
 
-class RemoteZipSeries:
+class RemoteZipMembers:
     """Numbered members of a remote zip, fetched a batch at a time with concurrent range requests."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, template: str, table: MemberTable) -> None:
@@ -137,13 +137,13 @@ class RemoteZipSource:
         members = {name[len(prefix) :]: info for name, info in self._infos.items() if name.startswith(prefix)}
         return RemoteZipSource(self.url, self.storage_options, self.prefix + prefix, members)
 
-    def series(self, directory: str, count: int, suffix: str) -> RemoteZipSeries:
+    def numbered(self, directory: str, count: int, suffix: str) -> RemoteZipMembers:
         infos = [self._infos[f"{directory}/{number}{suffix}"] for number in range(count)]
         template = member_template(self.prefix, directory, suffix)
-        return RemoteZipSeries(self.url, self.storage_options, template, MemberTable.of(infos, self.url))
+        return RemoteZipMembers(self.url, self.storage_options, template, MemberTable.of(infos, self.url))
 
 
-class RemoteFolderSeries:
+class RemoteFolderFiles:
     """Numbered files in a remote folder, fetched a batch at a time."""
 
     def __init__(self, url: str, storage_options: dict[str, Any] | None, suffix: str, sizes: np.ndarray) -> None:
@@ -220,9 +220,9 @@ class RemoteFolderSource:
         files = {name[len(prefix) :]: size for name, size in self._files.items() if name.startswith(prefix)}
         return RemoteFolderSource(f"{self.url}/{folder.rstrip('/')}", self.storage_options, files)
 
-    def series(self, directory: str, count: int, suffix: str) -> RemoteFolderSeries:
+    def numbered(self, directory: str, count: int, suffix: str) -> RemoteFolderFiles:
         sizes = np.array([self._files.get(f"{directory}/{number}{suffix}", -1) for number in range(count)], dtype=np.int64)
-        return RemoteFolderSeries(f"{self.url}/{directory}", self.storage_options, suffix, sizes)
+        return RemoteFolderFiles(f"{self.url}/{directory}", self.storage_options, suffix, sizes)
 
 
 def open_url(url: str, storage_options: dict[str, Any] | None = None) -> RemoteZipSource | RemoteFolderSource:

@@ -1,6 +1,6 @@
 """A local .zip archive as a source, read in place (never extracted).
 
-The central directory is read once when the archive is opened; a series keeps the offsets and sizes
+The central directory is read once when the archive is opened; its numbered members keep the offsets and sizes
 of its members and reopens the archive per read (``pread``: no shared file position, safe in
 threads and picklable). Stored members are read straight into the caller's buffers.
 """
@@ -23,7 +23,7 @@ from neuroxr.sources.zipmember import (
 )
 
 
-class ZipSeries:
+class ZipMembers:
     """Numbered members of a zip archive: offsets and sizes only, the archive reopened per read."""
 
     def __init__(self, archive: str, template: str, table: MemberTable) -> None:
@@ -32,7 +32,7 @@ class ZipSeries:
         self.table = table
 
     def __repr__(self) -> str:
-        return f"ZipSeries({self.archive!r}, {self.template!r}, {len(self.table)} members)"
+        return f"ZipMembers({self.archive!r}, {self.template!r}, {len(self.table)} members)"
 
     def label(self, number: int) -> str:
         return f"{self.archive}::{self.template.format(number)}"
@@ -81,7 +81,7 @@ class ZipSource:
         return f"ZipSource({self.archive!r}, prefix={self.prefix!r})"
 
     def __getstate__(self) -> dict[str, object]:
-        raise TypeError("a ZipSource is not sent to workers; its series are")
+        raise TypeError("a ZipSource is not sent to workers; its numbered members are")
 
     def listing(self) -> dict[str, list[str]]:
         return group_by_folder(self._infos)
@@ -94,8 +94,8 @@ class ZipSource:
 
     def read_many(self, relatives: Sequence[str]) -> list[bytes]:
         table = MemberTable.of([self._infos[relative] for relative in relatives], self.archive)
-        series = _Members(self.archive, [self.label(relative) for relative in relatives], table)
-        return [series.read(number) for number in range(len(relatives))]
+        members = _Members(self.archive, [self.label(relative) for relative in relatives], table)
+        return [members.read(number) for number in range(len(relatives))]
 
     def within(self, folder: str) -> ZipSource:
         if not folder:
@@ -104,12 +104,12 @@ class ZipSource:
         members = {name[len(prefix) :]: info for name, info in self._infos.items() if name.startswith(prefix)}
         return ZipSource(self.archive, self.prefix + prefix, members)
 
-    def series(self, directory: str, count: int, suffix: str) -> ZipSeries:
+    def numbered(self, directory: str, count: int, suffix: str) -> ZipMembers:
         infos = [self._infos[f"{directory}/{number}{suffix}"] for number in range(count)]
-        return ZipSeries(self.archive, member_template(self.prefix, directory, suffix), MemberTable.of(infos, self.archive))
+        return ZipMembers(self.archive, member_template(self.prefix, directory, suffix), MemberTable.of(infos, self.archive))
 
 
-class _Members(ZipSeries):
+class _Members(ZipMembers):
     """Members of any names (the small meta files), numbered in the order given."""
 
     def __init__(self, archive: str, labels: list[str], table: MemberTable) -> None:

@@ -1,6 +1,6 @@
 """Zip members read in place: the one parser of local headers and the one decompressor, for local and remote archives.
 
-The central directory is read with :mod:`zipfile`; what it says about the members of a series is kept
+The central directory is read with :mod:`zipfile`; what it says about some numbered members is kept
 in a :class:`MemberTable` of numpy arrays (small to pickle). Reading a member then needs its local
 header (30 bytes, plus the name and extra field whose length only the local header tells) and its
 compressed bytes: a local archive reads them with ``pread``, a remote one fetches them with range
@@ -70,7 +70,7 @@ class MemberTable:
         return len(self.offsets)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled as one compressed buffer: a series' offsets and sizes are regular, so a 7,000-member
+        """Pickled as one compressed buffer: numbered members' offsets and sizes are regular, so a 7,000-member
         table goes to workers in tens of kilobytes instead of a quarter of a megabyte."""
         columns = [getattr(self, field.name) for field in fields(self)]
         packed = zlib.compress(b"".join(column.tobytes() for column in columns), 1)

@@ -22,7 +22,7 @@ from neuroxr.formats._prepare import data_sources, node_datasets, uncompressed_b
 from neuroxr.formats._write import write_atomically
 from neuroxr.formats.nwb.mapping import NWB_SUFFIX, json_attrs
 from neuroxr.formats.nwb.read import open_nwb_file
-from neuroxr.formats.nwb.write import ExportOptions, write_scan
+from neuroxr.formats.nwb.write import ExportOptions, write_nwb_file
 
 
 def to_nwb(
@@ -74,12 +74,12 @@ def to_nwb(
             temporary.mkdir()
             for name, ds in scans.items():
                 node_options = replace(options, tree={"name": name, "root_attrs": tree_attrs})
-                write_scan(ds, temporary / f"{name}{NWB_SUFFIX}", node_options)
+                write_nwb_file(ds, temporary / f"{name}{NWB_SUFFIX}", node_options)
 
     elif isinstance(data, xr.Dataset):
 
         def write(temporary: Path) -> None:
-            write_scan(data, temporary, options)
+            write_nwb_file(data, temporary, options)
 
     else:
         raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")

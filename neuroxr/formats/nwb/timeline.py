@@ -49,7 +49,7 @@ class TimeAxis:
     rows: np.ndarray
     start_times: np.ndarray
     session_start: datetime
-    source: str  # "frame_trial_ts" or "synthetic"
+    origin: str  #: where the times come from: "frame_trial_ts", or "synthetic" (a regular axis made up)
     rate: float | None  # set when the times are regular: series then use starting_time + rate
     description: str
 
@@ -85,7 +85,7 @@ def trial_time_axis(
     and trial k starts at ``k * trial_period`` seconds.
 
     >>> axis = trial_time_axis(xr.Dataset(coords={"trial": [0, 1]}))
-    >>> axis.source, axis.start_times.tolist()
+    >>> axis.origin, axis.start_times.tolist()
     ('synthetic', [0.0, 1.0])
     """
     n = ds.sizes.get("trial", 0)

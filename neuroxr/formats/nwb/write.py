@@ -1,6 +1,6 @@
 """NWB writing: one scan (a Dataset of the data model) into one NWB 2 file (HDF5), streamed.
 
-:func:`write_scan` is the whole recipe, one step per NWB object in the order they depend on each
+:func:`write_nwb_file` is the whole recipe, one step per NWB object in the order they depend on each
 other: the NWBFile and its subject, the neurons (PlaneSegmentation), the trials table, the images,
 the responses, behaviour and pupil position, then everything else in ``/scratch``. Each ``add_*``
 step adds its objects to the NWBFile, records where each Dataset variable went in the
@@ -110,13 +110,13 @@ def response_chunks(shape: tuple[int, ...]) -> tuple[int, ...]:
 # the recipe
 
 
-def write_scan(ds: xr.Dataset, path: str | os.PathLike[str], options: ExportOptions) -> None:
+def write_nwb_file(ds: xr.Dataset, path: str | os.PathLike[str], options: ExportOptions) -> None:
     """Write one scan to the NWB file ``path`` (``neuroxr.formats.nwb.to_nwb`` gives it a temporary name first).
 
     The file is written as ``<path>.nwb`` (pynwb expects the suffix) and renamed to ``path``; on any
     failure neither that file nor a scratch file is left behind.
 
-    >>> write_scan(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "scan.nwb", ExportOptions())
+    >>> write_nwb_file(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "scan.nwb", ExportOptions())
     >>> neuroxr.open_nwb(tmp / "scan.nwb").sizes["neuron"]
     20
     """
