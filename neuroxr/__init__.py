@@ -18,6 +18,7 @@ from neuroxr.errors import (
     DatasetError,
     MissingExtraError,
     NeuroxrError,
+    RemoteError,
     ScanError,
     SourceOverwriteError,
     TargetExistsError,
@@ -51,7 +52,7 @@ _SUBMODULES = {
     "datamodel": "neuroxr.datamodel",
     "model": "neuroxr.model",  # deprecated alias of datamodel
 }
-_ERRORS = ["DatasetError", "MissingExtraError", "NeuroxrError", "ScanError", "SourceOverwriteError", "TargetExistsError"]
+_ERRORS = ["DatasetError", "MissingExtraError", "NeuroxrError", "RemoteError", "ScanError", "SourceOverwriteError", "TargetExistsError"]
 
 __all__ = [*_ERRORS, "__version__", *_EXPORTS, *(name for name in _SUBMODULES if name != "model")]
 

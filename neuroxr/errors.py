@@ -3,6 +3,8 @@
 Each names where the problem is and says what was expected and what was found:
 
 - :class:`ScanError`: a scan, or one file or member of it, is not what the Sensorium layout requires;
+- :class:`RemoteError`: a scan behind a URL cannot be read as it was opened (a ``ScanError``; its
+  ``reason`` says which of not found, refused, timed out, unauthorised, bad response, changed);
 - :class:`DatasetError`: a Dataset handed to neuroxr lacks what the operation needs (no file is at fault);
 - :class:`TargetExistsError`: an export target exists and overwriting was not asked for;
 - :class:`SourceOverwriteError`: an export would write over the data it reads;
@@ -36,6 +38,23 @@ class ScanError(NeuroxrError, ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class RemoteError(ScanError):
+    """A remote file cannot be read, or not as it was when opened; ``reason`` is one of :data:`REMOTE_REASONS`.
+
+    >>> error = RemoteError("https://host/scan.zip", "not found", "not found (HTTP 404)")
+    >>> error.reason, str(error)
+    ('not found', 'https://host/scan.zip: not found (HTTP 404)')
+    """
+
+    def __init__(self, path: object, reason: str, problem: str) -> None:
+        super().__init__(path, problem)
+        self.reason = reason
+
+
+#: Why a remote read fails, as :attr:`RemoteError.reason` says it.
+REMOTE_REASONS = ("not found", "refused", "timed out", "unauthorised", "bad response", "changed", "failed")
 
 
 class DatasetError(NeuroxrError, ValueError):

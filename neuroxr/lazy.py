@@ -14,7 +14,7 @@ from xarray.backends import BackendArray
 from xarray.core import indexing
 
 from neuroxr.errors import ScanError
-from neuroxr.npy import NpyHeader, load_array
+from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array
 from neuroxr.sources import NumberedFiles
 
 
@@ -48,34 +48,36 @@ class TrialReader:
         return out
 
     def _fill(self, numbers: np.ndarray, out: np.ndarray) -> None:
-        """Each file's header and payload read in one call, the payload straight into its row of ``out``."""
+        """Each file's header and payload read in one call, the payload straight into its row of ``out``.
+
+        A file whose size or header bytes differ from file 0's is decoded on its own (:meth:`_decode`).
+        """
         expected = self.header.raw
-        length, wanted, size = len(expected), self.header.file_bytes, self.header.payload_bytes
-        headers = bytearray(length * len(numbers))
-        header_views = memoryview(headers)
-        payloads = memoryview(out.reshape(-1).view(np.uint8)) if out.size else None
+        length, wanted = len(expected), self.header.file_bytes
+        count = len(numbers)
+        headers = np.empty((count, length), dtype=np.uint8)
+        payloads = out.reshape(count, -1).view(np.uint8) if out.nbytes else None
         buffers = []
-        for row in range(len(numbers)):
-            header = header_views[row * length : (row + 1) * length]
-            buffers.append([header, payloads[row * size : (row + 1) * size]] if payloads is not None else [header])
+        for row in range(count):
+            header = memoryview(headers[row])
+            buffers.append([header, memoryview(payloads[row])] if payloads is not None else [header])
         numbers_list = numbers.tolist()
-        try:
-            got = self.files.read_into(numbers_list, buffers) if self.fast else [-1] * len(numbers_list)
-        except FileNotFoundError as error:
-            raise ScanError(error.filename or self.files.label(numbers_list[0]), "missing (was the scan changed after opening?)") from error
-        for row, (number, count) in enumerate(zip(numbers_list, got)):
-            if count != wanted or header_views[row * length : (row + 1) * length] != expected:
-                out[row] = self._decode(number)
+        if self.fast:
+            got = np.asarray(self.files.read_into(numbers_list, buffers), dtype=np.int64)
+            differ = (got != wanted) | (headers != np.frombuffer(expected, dtype=np.uint8)).any(axis=1)
+        else:
+            differ = np.ones(count, dtype=bool)
+        for row in np.flatnonzero(differ).tolist():
+            out[row] = self._decode(numbers_list[row])
 
     def _decode(self, number: int) -> np.ndarray:
-        """The slow path: decode one whole file and check it matches file 0."""
+        """The slow path: decode one whole file (of at most the longest header numpy reads plus the payload) and check it matches file 0."""
         label = self.files.label(number)
-        array = load_array(self.files.read(number), label)
+        array = load_array(self.files.read(number, limit=self.header.payload_bytes + HEADER_PROBE), label)
         if array.shape != self.header.shape or array.dtype.newbyteorder("=") != self.stored_dtype:
             raise ScanError(
                 label,
-                f"holds {array.dtype} {array.shape}, expected {self.header.dtype} {self.header.shape} "
-                f"like {self.files.label(0)}",
+                f"holds {array.dtype} {array.shape}, expected {self.header.describe()} like {self.files.label(0)}",
             )
         return array
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neuroxr.errors import ScanError
 from neuroxr.npy import file_bytes, header_bytes, load_array, parse_header
@@ -73,7 +76,7 @@ def test_not_npy_truncated_and_corrupt_name_the_file() -> None:
     with pytest.raises(ScanError, match=r"a/1\.npy: not a \.npy file.*b'PK\\x03\\x04"):
         parse_header(b"PK\x03\x04 a zip, not an array", "a/1.npy")
     data = saved(np.zeros(10, np.float32))
-    with pytest.raises(ScanError, match=r"a/2\.npy: truncated \.npy: the header promises 168 bytes \(float32 \(10,\)\), the file has 160"):
+    with pytest.raises(ScanError, match=r"a/2\.npy: truncated: 160 bytes, the header promises 168 \(float32 \(10,\)\)"):
         load_array(data[:-8], "a/2.npy")
     broken = data.replace(b"'shape'", b"'shapes'")
     with pytest.raises(ScanError, match=r"a/3\.npy: corrupt \.npy header"):
@@ -93,3 +96,87 @@ def test_pickled_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
         with pytest.raises(ScanError, match="Python objects"):
             decode(buffer.getvalue(), "meta/trials/x.npy")
     assert not marker.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# the header decoder beside np.load: generated and damaged headers, every version, any length
+
+
+_DESCRS = ["<f4", ">f4", "<f8", "|u1", "<i2", ">u8", "|b1", "<c8", "<U3", "|S2", "|V4", "|O", "<M8[s]", "<f2",
+           [("a", "<f4"), ("b", "|u1")], [("x", "<i4", (2,))], "<f4 ", "f4", "<q", "float32", "<f5", 3, None]  # fmt: skip
+
+
+def _header_file(descr: object, fortran: object, shape: object, version: tuple[int, int], pad: int, payload: int) -> bytes:
+    """A .npy file written by hand: any header dict (valid or not), padded, then ``payload`` bytes."""
+    text = "{'descr': %r, 'fortran_order': %r, 'shape': %r, }" % (descr, fortran, shape)
+    text = text + " " * pad + "\n"
+    encoded = text.encode("utf8" if version == (3, 0) else "latin1", "replace")
+    length = np.array(len(encoded), dtype="<u2" if version == (1, 0) else "<u4").tobytes()
+    return b"\x93NUMPY" + bytes(version) + length + encoded + bytes(range(256)) * (payload // 256) + bytes(payload % 256)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    descr=st.sampled_from(_DESCRS),
+    fortran=st.sampled_from([False, True, 0, "no"]),
+    shape=st.one_of(
+        st.lists(st.integers(-2, 6), max_size=3).map(tuple),
+        st.sampled_from([(), (2**62, 8), (3.0,), [3], "3", (2, 2**40)]),
+    ),
+    version=st.sampled_from([(1, 0), (2, 0), (3, 0), (4, 0), (0, 9)]),
+    pad=st.sampled_from([0, 10, 2000, 9900, 10_100]),
+    payload=st.integers(0, 300),
+    cut=st.one_of(st.none(), st.integers(0, 40)),
+)
+def test_the_header_decoder_reads_what_np_load_reads(descr, fortran, shape, version, pad, payload, cut) -> None:  # type: ignore[no-untyped-def]
+    """Every file np.load reads (pickles aside) decodes to the same array; every other one is a ScanError naming it."""
+    data = _header_file(descr, fortran, shape, version, pad, payload)
+    if cut is not None:
+        data = data[: max(0, len(data) - cut)]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            expected = np.load(io.BytesIO(data), allow_pickle=False)
+    except Exception:  # noqa: BLE001 - numpy refuses: so must neuroxr
+        expected = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = parse_header(data, "t/x.npy")
+            found = load_array(data, "t/x.npy")
+    except ScanError as error:
+        assert error.path == "t/x.npy"
+        # refused: numpy refuses too, or the file holds more than its header promises (numpy ignores trailing bytes)
+        assert expected is None or "has trailing bytes" in error.problem, error.problem
+        return
+    assert expected is not None, "neuroxr decoded a file np.load refuses"
+    assert found.dtype == expected.dtype and found.shape == expected.shape and header.shape == expected.shape
+    assert found.flags.f_contiguous == expected.flags.f_contiguous or found.ndim < 2
+    np.testing.assert_array_equal(found.view(np.uint8) if found.dtype.kind == "V" else found,
+                                  expected.view(np.uint8) if expected.dtype.kind == "V" else expected)  # fmt: skip
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0), (3, 0)])
+def test_long_valid_headers_are_read(version: tuple[int, int]) -> None:
+    """Headers up to numpy's limit (10,000 characters) are read, however long; a longer one is refused like numpy refuses it."""
+    for pad in (1500, 9800):
+        if version == (1, 0) and pad > 9000:
+            continue
+        data = _header_file("<f4", False, (3,), version, pad, 12)
+        np.testing.assert_array_equal(load_array(data, "x.npy"), np.load(io.BytesIO(data)))
+    data = _header_file("<f4", False, (3,), (2, 0), 10_050, 12)
+    with pytest.raises(ValueError):
+        np.load(io.BytesIO(data))
+    with pytest.raises(ScanError, match="longer than numpy reads"):
+        parse_header(data, "x.npy")
+
+
+def test_zero_size_and_absurd_shapes() -> None:
+    for array in (np.zeros((0, 8), np.float32), np.zeros((3, 0)), np.zeros(0, "<U0")):
+        data = saved(array)
+        loaded = load_array(data, "x.npy")
+        assert loaded.shape == array.shape and loaded.dtype == array.dtype
+    absurd = _header_file("<f4", False, (2**62, 8), (1, 0), 0, 16)
+    assert parse_header(absurd, "x.npy").shape == (2**62, 8)  # the header itself is well formed ...
+    with pytest.raises(ScanError, match=r"x\.npy: truncated: .* the header promises"):
+        load_array(absurd, "x.npy")  # ... but promises more than the file holds

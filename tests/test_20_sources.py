@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import pickle
 import struct
+import threading
+import tracemalloc
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +96,7 @@ def test_read_into_never_reads_past_a_file(source: FolderSource | ZipSource) -> 
         expected.append((head, rest, data))
     counts = series.read_into(numbers, buffers)
     for count, (head, rest, data) in zip(counts, expected, strict=True):
-        assert count == len(data)
+        assert count == len(data)  # the file's size
         placed = bytes(head + rest)
         assert placed[: len(data)] == data
         untouched = placed[len(data) :]
@@ -101,9 +104,11 @@ def test_read_into_never_reads_past_a_file(source: FolderSource | ZipSource) -> 
 
 
 def test_read_into_fills_short_buffers_with_the_leading_bytes(source: FolderSource | ZipSource) -> None:
+    """A file longer than its buffers: they get its leading bytes, and the count says it is longer than they are."""
     series = source.numbered("data/x", N_FILES, ".npy")
     first, second = bytearray(5), bytearray(7)
-    assert series.read_into([6], [[memoryview(first), memoryview(second)]]) == [12]
+    (count,) = series.read_into([6], [[memoryview(first), memoryview(second)]])
+    assert count > 12
     assert bytes(first + second) == contents()["data/x/6.npy"][:12]
 
 
@@ -208,3 +213,131 @@ def test_open_source_dispatches_on_what_is_there(tmp_path: Path) -> None:
     (tmp_path / "notes.zip").write_bytes(b"plain text")
     with pytest.raises(ScanError, match="not a readable zip archive"):
         open_source(tmp_path / "notes.zip")
+
+
+# ------------------------------------------------------------------------------------------------
+# every read verified: CRC-32, the local header's name, declared sizes (zip bombs), special files
+
+
+def _payload_offset(archive: Path, member: str) -> int:
+    with zipfile.ZipFile(archive) as reference:
+        info = reference.getinfo(member)
+    return info.header_offset + 30 + len(info.filename.encode())
+
+
+@pytest.mark.parametrize("method", ["stored", "deflated"])
+def test_a_flipped_bit_in_a_member_is_refused_by_its_crc(tmp_path: Path, method: str) -> None:
+    archive = write_zip(tmp_path / "a.zip", METHODS[method])
+    member = f"{TOP}/data/x/6.npy"
+    data = bytearray(archive.read_bytes())
+    data[_payload_offset(archive, member) + 20] ^= 0x10
+    archive.write_bytes(bytes(data))
+    with zipfile.ZipFile(archive) as reference, pytest.raises((zipfile.BadZipFile, zlib.error)):
+        reference.read(member)  # zipfile refuses it too
+    source = ZipSource(archive).within(f"{TOP}/")
+    series = source.numbered("data/x", N_FILES, ".npy")
+    assert series.read(5) == contents()["data/x/5.npy"]
+    for attempt in (lambda: series.read(6), lambda: source.read("data/x/6.npy"),
+                    lambda: series.read_into([6], [[memoryview(bytearray(1000))]])):  # fmt: skip
+        with pytest.raises(ScanError, match="corrupt zip member") as caught:
+            attempt()
+        assert caught.value.path == f"{archive}::{member}"
+
+
+def test_a_directory_entry_pointing_at_another_member_is_refused(tmp_path: Path) -> None:
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED, {f"data/x/{k}.npy": npy(np.arange(4, dtype="f4")) for k in range(2)})
+    with zipfile.ZipFile(archive) as reference:
+        first, second = (reference.getinfo(f"{TOP}/data/x/{k}.npy") for k in range(2))
+    data = bytearray(archive.read_bytes())
+    entry = data.find(b"PK\x01\x02")
+    while data[entry + 46 : entry + 46 + len(second.filename)] != second.filename.encode():
+        entry = data.find(b"PK\x01\x02", entry + 4)
+    struct.pack_into("<L", data, entry + 42, first.header_offset)  # 1.npy's entry now points at 0.npy's data
+    archive.write_bytes(bytes(data))
+    with zipfile.ZipFile(archive) as reference, pytest.raises(zipfile.BadZipFile, match="differ"):
+        reference.read(second.filename)
+    series = ZipSource(archive).within(f"{TOP}/").numbered("data/x", 2, ".npy")
+    with pytest.raises(ScanError, match="the local header names .*0.npy.*not the member") as caught:
+        series.read(1)
+    assert caught.value.path == f"{archive}::{second.filename}"
+
+
+def _raw_zip(path: Path, name: str, method: int, raw: bytes, declared: int, crc: int) -> Path:
+    """An archive of one member written by hand: any compressed bytes under any declared size and CRC."""
+    encoded = name.encode()
+    local = struct.pack("<4s5H3L2H", b"PK\x03\x04", 20, 0, method, 0, 0, crc, len(raw), declared, len(encoded), 0)
+    central = struct.pack("<4s6H3L5H2L", b"PK\x01\x02", 20, 20, 0, method, 0, 0, crc, len(raw), declared,
+                          len(encoded), 0, 0, 0, 0, 0, 0)  # fmt: skip
+    directory_at = len(local) + len(encoded) + len(raw)
+    end = struct.pack("<4s4H2LH", b"PK\x05\x06", 0, 0, 1, 1, len(central) + len(encoded), directory_at, 0)
+    path.write_bytes(local + encoded + raw + central + encoded + end)
+    return path
+
+
+def _deflated_zeros(megabytes: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, -15)
+    chunk = bytes(2**20)
+    return b"".join(packer.compress(chunk) for _ in range(megabytes)) + packer.flush()
+
+
+def test_a_zip_bomb_is_refused_within_a_memory_bound(tmp_path: Path) -> None:
+    """A member that inflates to 200 MB under a declared 40 kB, and one that declares 4 GB: refused, never inflated."""
+    bomb = _deflated_zeros(200)
+    small = _raw_zip(tmp_path / "bomb.zip", "s/data/x/0.npy", zipfile.ZIP_DEFLATED, bomb, 40_000, zlib.crc32(bytes(40_000)))
+    huge = _raw_zip(tmp_path / "huge.zip", "s/data/x/0.npy", zipfile.ZIP_DEFLATED, bomb[:100_000], 0xFFFFFFF0, 0)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ScanError, match="does not inflate to 40000 bytes") as caught:
+            ZipSource(small).read("s/data/x/0.npy")
+        assert caught.value.path == f"{small}::s/data/x/0.npy"
+        with pytest.raises(ScanError, match="more than deflate can produce"):
+            ZipSource(huge).within("s/").numbered("data/x", 1, ".npy")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MB"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_special_files_are_refused_without_blocking_or_reading_them_whole(tmp_path: Path) -> None:
+    """A FIFO, a link to /dev/zero, a link loop and a folder where files belong: refused at once, each named."""
+    folder = write_folder(tmp_path)
+    fifo, zero, loop, directory = (folder / "data" / "x" / f"{k}.npy" for k in (1, 2, 3, 4))
+    for path in (fifo, zero, loop, directory):
+        path.unlink()
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+    loop.symlink_to(loop.with_name("3b.npy"))
+    loop.with_name("3b.npy").symlink_to(loop)
+    directory.mkdir()
+    source = FolderSource(folder)
+    series = source.numbered("data/x", N_FILES, ".npy")
+    expected = {1: "is a FIFO", 2: "is a character device", 3: "loop of symbolic links", 4: "is a folder"}
+    done = threading.Event()
+    problems: dict[int, str] = {}
+
+    def attempt() -> None:
+        for number in expected:
+            with pytest.raises(ScanError) as caught:
+                series.read(number)
+            assert caught.value.path == series.label(number)
+            problems[number] = caught.value.problem
+            buffer = bytearray(64)
+            try:  # the fast path reads at most the buffer (and one more byte), or refuses
+                assert series.read_into([number], [[memoryview(buffer)]])[0] <= 65
+            except ScanError as error:
+                assert error.path == series.label(number)
+        with pytest.raises(ScanError, match="character device"):
+            source.read("data/x/2.npy")
+        done.set()
+
+    tracemalloc.start()
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert done.is_set(), "a read blocked or failed"
+    assert peak < 20 * 2**20
+    for number, fragment in expected.items():
+        assert fragment in problems[number], problems[number]

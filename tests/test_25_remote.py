@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import pickle
 import re
+import socket
 import struct
 import threading
+import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -28,49 +30,94 @@ pytest.importorskip("aiohttp")
 
 
 class RangeHandler(SimpleHTTPRequestHandler):
-    """Static files with single-range support; counts the body bytes it serves."""
+    """Static files with single-range support, ETag and Last-Modified; counts the body bytes it serves.
+
+    ``faults`` makes it misbehave, from the request numbered ``faults["after"]`` on (GET requests
+    counted from 0): ``ignore-range`` (200 and the whole file), ``wrong-range`` (the bytes one
+    further on), ``truncate`` (half the body, then the connection closed), ``drop`` (no answer),
+    ``stall`` (no answer for ``faults["seconds"]``), ``500`` (``faults["times"]`` server errors, then
+    the right answer), ``no-version`` (no ETag or Last-Modified).
+    """
 
     served: list[int]
+    faults: dict[str, object]
+    count: list[int]
 
     def log_message(self, *args: object) -> None:  # keep test output clean
         pass
+
+    def _fault(self) -> str | None:
+        if self.command != "GET":
+            return None
+        self.count[0] += 1
+        mode = self.faults.get("mode")
+        return str(mode) if mode and self.count[0] > int(self.faults.get("after", 0)) else None  # type: ignore[call-overload]
 
     def send_head(self):  # type: ignore[override]
         path = Path(self.translate_path(self.path))
         if not path.is_file():
             self.send_error(404)
             return None
-        size = path.stat().st_size
+        fault = self._fault()
+        if fault == "drop":
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return None
+        if fault == "stall":
+            time.sleep(float(self.faults.get("seconds", 5)))  # type: ignore[arg-type]
+            self.close_connection = True
+            return None
+        if fault == "500" and int(self.faults.get("times", 1)) > 0:  # type: ignore[call-overload]
+            self.faults["times"] = int(self.faults.get("times", 1)) - 1  # type: ignore[call-overload]
+            self.send_error(500)
+            return None
+        info = path.stat()
+        size = info.st_size
         match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+        if fault == "ignore-range":
+            match = None
         start, end = 0, size - 1
         if match:
             start = int(match.group(1))
             end = min(int(match.group(2)) if match.group(2) else size - 1, size - 1)
+        shift = 1 if fault == "wrong-range" and end + 1 < size else 0
         with path.open("rb") as file:
-            file.seek(start)
+            file.seek(start + shift)
             body = file.read(end + 1 - start)
         if match:
             self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self.send_header("Content-Range", f"bytes {start + shift}-{end + shift}/{size}")
         else:
             self.send_response(200)
         self.send_header("Accept-Ranges", "bytes")
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Content-Type", "application/octet-stream")
+        if fault != "no-version" and self.faults.get("mode") != "no-version":
+            self.send_header("ETag", f'"{info.st_mtime_ns:x}-{size:x}"')
+            self.send_header("Last-Modified", self.date_time_string(int(info.st_mtime)))
         self.end_headers()
+        if fault == "truncate":
+            body = body[: len(body) // 2]
+            self.close_connection = True
         if self.command == "GET":
             self.served.append(len(body))
         return io.BytesIO(body if self.command == "GET" else b"")
 
 
+def serve(root: Path, faults: dict[str, object] | None = None) -> tuple[ThreadingHTTPServer, list[int]]:
+    """A server of the files under ``root`` on 127.0.0.1 (see :class:`RangeHandler`), running in a thread."""
+    served: list[int] = []
+    attributes = {"served": served, "faults": {} if faults is None else faults, "count": [0]}
+    handler = type("CountingHandler", (RangeHandler,), attributes)
+    server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 256, "daemon_threads": True})
+    server = server_class(("127.0.0.1", 0), partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+    return server, served
+
+
 @pytest.fixture
 def http_root(tmp_path: Path) -> Iterator[tuple[str, Path, list[int]]]:
-    served: list[int] = []
-    handler = type("CountingHandler", (RangeHandler,), {"served": served})
-    server_class = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 256, "daemon_threads": True})
-    server = server_class(("127.0.0.1", 0), partial(handler, directory=str(tmp_path)))
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
+    server, served = serve(tmp_path)
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", tmp_path, served
     finally:
@@ -181,10 +228,10 @@ def test_a_member_that_cannot_be_fetched_is_named(http_root) -> None:
     source = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/")
     series = source.numbered("data/x", N_FILES, ".npy")
     archive.unlink()  # gone from the server after opening
-    with pytest.raises(neuroxr.ScanError, match="cannot be fetched") as caught:
+    with pytest.raises(neuroxr.RemoteError, match=r"not found \(HTTP 404\)") as caught:
         series.read(2)
-    assert caught.value.path == f"{url}/a.zip::{TOP}/data/x/2.npy"
-    with pytest.raises(neuroxr.ScanError, match="cannot be fetched") as caught:
+    assert caught.value.path == f"{url}/a.zip::{TOP}/data/x/2.npy" and caught.value.reason == "not found"
+    with pytest.raises(neuroxr.RemoteError, match="not found") as caught:
         source.read_many(["meta/a.npy"])
     assert caught.value.path == f"{url}/a.zip::{TOP}/meta/a.npy"
 
@@ -196,7 +243,7 @@ def test_a_file_of_a_remote_folder_that_cannot_be_fetched_is_named(tmp_path: Pat
     series = source.numbered("data/responses", 24, ".npy")
     assert series.read(3) == (scan / "data/responses/3.npy").read_bytes()
     (scan / "data/responses/3.npy").unlink()
-    with pytest.raises(neuroxr.ScanError, match="cannot be fetched") as caught:
+    with pytest.raises(neuroxr.RemoteError, match="not found") as caught:
         series.read(3)
     assert caught.value.path == f"file://{scan}/data/responses/3.npy"
     with pytest.raises(neuroxr.ScanError, match="nothing found there"):
@@ -237,7 +284,10 @@ def test_a_local_extra_field_longer_than_the_first_range(http_root, method: str)
     series = RemoteZipSource(f"{url}/a.zip").within(f"{TOP}/").numbered("data/x", N_FILES, ".npy")
     before = len(served)
     assert series.fetch(list(range(N_FILES))) == [files[f"data/x/{k}.npy"] for k in range(N_FILES)]
-    assert len(served) - before == 2 * N_FILES  # one batch of ranges, then the rest of each member
+    assert len(served) - before == 2  # adjacent members in one merged range, then the rest of the last one
+    before = len(served)
+    assert series.fetch([2, 5]) == [files["data/x/2.npy"], files["data/x/5.npy"]]
+    assert len(served) - before <= 4  # at most one range and its rest per member
 
 
 # ----------------------------------------------------------------------------------------------
@@ -259,3 +309,126 @@ def test_validate_names_a_truncated_file_behind_a_url(scan_folder: Path, capsys:
     assert main(["validate", "-q", f"file://{scan_folder}"]) == 1
     out = capsys.readouterr().out
     assert f"file://{scan_folder}/data/images/9.npy: truncated" in out and "1 problem" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# a server that misbehaves: every bad answer refused, named, in bounded time; nothing wrong is returned
+
+FAST = {"timeout": 0.5, "retries": 1}
+
+
+def within(seconds: float, action: Callable[[], object]) -> object:
+    """Run ``action`` in a thread; fail the test if it has not finished after ``seconds`` (a hang, not a speed claim)."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = action()
+        except BaseException as error:  # noqa: BLE001 - handed to the test
+            outcome["error"] = error
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome.get("value")
+
+
+@pytest.fixture
+def faulty(shared_scan: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, object], Path]]:
+    """A deflated scan .zip behind a server whose faults the test sets after opening; yields (url, faults, archive)."""
+    faults: dict[str, object] = {}
+    archive = zip_scan(shared_scan, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    server, _ = serve(tmp_path, faults)
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/scan.zip", faults, archive
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason", "fragment"),
+    [
+        ("ignore-range", "bad response", "ignored the Range request"),
+        ("wrong-range", "bad response", "another range than"),
+        ("truncate", "bad response", "cut short"),
+        ("drop", "bad response", "dropped"),
+        ("stall", "timed out", "timed out after 0.5 s (2 tries)"),
+        ("500", "bad response", "HTTP 500 (2 tries)"),
+    ],
+)
+def test_a_misbehaving_server_is_refused_in_bounded_time(faulty, mode: str, reason: str, fragment: str) -> None:
+    url, faults, _ = faulty
+    ds = neuroxr.open_scan(url, storage_options=FAST)
+    faults.update(mode=mode, seconds=3, times=10)
+    with pytest.raises(neuroxr.RemoteError) as caught:
+        within(30, lambda: ds.responses.values)
+    assert caught.value.reason == reason and fragment in caught.value.problem, caught.value
+    assert caught.value.path.startswith(f"{url}::")
+
+
+def test_a_server_error_or_a_drop_is_tried_again(faulty) -> None:
+    url, faults, archive = faulty
+    expected = neuroxr.open_scan(archive).responses.values
+    faults.update(mode="500", times=1)
+    np.testing.assert_array_equal(within(30, lambda: neuroxr.open_scan(url, storage_options=FAST).responses.values), expected)
+
+
+def test_a_server_that_stops_honouring_ranges_midway(faulty) -> None:
+    url, faults, _ = faulty
+    ds = neuroxr.open_scan(url, storage_options=FAST, chunks=6)
+    faults.update(mode="ignore-range", after=faults.get("after", 0))
+    faults["after"] = 10**9  # honour every range ...
+    ds.responses.isel(trial=slice(0, 6)).values
+    faults["after"] = 0  # ... then no more
+    with pytest.raises(neuroxr.RemoteError, match="ignored the Range request"):
+        within(30, lambda: ds.responses.values)
+
+
+@pytest.mark.parametrize("versioned", [True, False], ids=["etag", "crc-only"])
+def test_a_file_changed_after_opening_is_refused(faulty, shared_scan: Path, tmp_path: Path, versioned: bool) -> None:
+    """Replaced by another scan of the same size: the ETag says so where the server gives one, the CRC-32 always."""
+    url, faults, archive = faulty
+    if not versioned:
+        faults["mode"] = "no-version"
+    ds = neuroxr.open_scan(url, storage_options=FAST)
+    other = write_tiny_scan(tmp_path / "other", seed=7)
+    replacement = zip_scan(other, tmp_path / "other.zip", zipfile.ZIP_DEFLATED).read_bytes()
+    original = archive.read_bytes()
+    replacement = replacement[: len(original)].ljust(len(original), b"\0")  # the same size
+    time.sleep(0.01)
+    archive.write_bytes(replacement)
+    with pytest.raises(neuroxr.ScanError) as caught:
+        within(30, lambda: ds.responses.values)
+    if versioned:
+        assert isinstance(caught.value, neuroxr.RemoteError) and caught.value.reason == "changed", caught.value
+    else:
+        assert "corrupt zip" in caught.value.problem, caught.value
+
+
+def test_distinct_errors_for_not_found_refused_and_timed_out(http_root, tmp_path: Path) -> None:
+    url, _, _ = http_root
+    with pytest.raises(neuroxr.RemoteError) as caught:
+        neuroxr.open_scan(f"{url}/missing.zip", storage_options=FAST)
+    assert caught.value.reason == "not found" and "HTTP 404" in str(caught.value)
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    with pytest.raises(neuroxr.RemoteError) as caught:
+        within(30, lambda: neuroxr.open_scan(f"http://127.0.0.1:{closed}/scan.zip", storage_options=FAST))
+    assert caught.value.reason == "refused" and "connection refused" in str(caught.value)
+    faults = {"mode": "stall", "seconds": 3}
+    server, _ = serve(tmp_path, faults)
+    (tmp_path / "scan.zip").write_bytes(b"PK")
+    try:
+        with pytest.raises(neuroxr.RemoteError) as caught:
+            within(30, lambda: neuroxr.open_scan(f"http://127.0.0.1:{server.server_address[1]}/scan.zip", storage_options=FAST))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.reason == "timed out"
+    for message in (str(caught.value),):
+        assert "\n" not in message

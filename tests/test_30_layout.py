@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RELEASE_NAME, expect_scan_error, write_tiny_scan, zip_scan
+from conftest import RELEASE_NAME, eager, expect_scan_error, write_tiny_scan, zip_scan
 
 import neuroxr
 from neuroxr.cli import main
@@ -196,7 +196,7 @@ def test_check_files_yields_one_message_per_problem_and_counts_every_file(scan_f
     assert len(problems) == 3, problems  # the byte-swapped pupil file is no problem
     assert problems[0].startswith(f"{scan_folder}/data/images/4.npy: not a .npy file")
     assert problems[1].startswith(f"{scan_folder}/data/responses/5.npy: holds float64 (13,), expected float32 (13,)")
-    assert problems[2] == f"{scan_folder}/data/behavior/2.npy: has trailing bytes: 142 bytes, the header promises 140"
+    assert problems[2] == f"{scan_folder}/data/behavior/2.npy: has trailing bytes: 142 bytes, the header promises 140 (float32 (3,))"
 
 
 def test_validate_reports_every_problem(untouched: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -214,3 +214,73 @@ def test_validate_reports_every_problem(untouched: Path, tmp_path: Path, capsys:
     assert "data/images/9.npy: truncated" in out
     assert "data/behavior/1.npy: holds float64 (3,)" in out
     assert "3 problems" in out
+
+
+# ------------------------------------------------------------------------------------------------
+# what the tree may not hold is refused, naming it; valid files numpy reads are read
+
+
+def test_a_data_folder_that_is_a_file_is_refused(scan_folder: Path) -> None:
+    shutil.rmtree(scan_folder / "data" / "pupil_center")
+    (scan_folder / "data" / "pupil_center").write_bytes(b"not a folder")
+    expect_scan_error(scan_folder, "data/pupil_center", "is a file, expected a folder of trial files")
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_a_meta_npy_that_is_a_folder_is_refused(scan_folder: Path, tmp_path: Path, kind: str) -> None:
+    victim = scan_folder / "meta" / "trials" / "frame_image_class.npy"
+    victim.unlink()
+    victim.mkdir()
+    (victim / "inside.txt").write_text("a folder where a .npy file belongs")
+    path = scan_folder if kind == "folder" else zip_scan(scan_folder, tmp_path / "scan.zip")
+    expect_scan_error(path, "meta/trials/frame_image_class.npy", "is a folder, expected a .npy file")
+    (victim / "inside.txt").unlink()  # an empty folder too
+    if kind == "folder":
+        expect_scan_error(scan_folder, "meta/trials/frame_image_class.npy", "is a folder")
+
+
+def test_a_statistics_file_of_text_is_refused(scan_folder: Path) -> None:
+    np.save(scan_folder / "meta" / "statistics" / "responses" / "all" / "max.npy", np.array(["12.5"] * 13))
+    expect_scan_error(scan_folder, "meta/statistics/responses/all/max.npy", "holds <U4 values, expected numbers")
+
+
+def test_a_header_claiming_more_than_the_file_holds_is_refused_at_open(scan_folder: Path) -> None:
+    victim = scan_folder / "data" / "images" / "0.npy"
+    data = victim.read_bytes()
+    victim.write_bytes(data.replace(b"(1, 4, 6)", b"(1, 4, 6000000000000)", 1))
+    expect_scan_error(scan_folder, "data/images/0.npy", "truncated", "the header promises 96000000000")
+
+
+@pytest.mark.parametrize("kind", ["folder", "stored", "deflated"])
+def test_valid_files_numpy_reads_are_read(tmp_path: Path, kind: str) -> None:
+    """Zero-size trials, byte-swapped files, format 2.0 and 3.0 headers and headers longer than a kilobyte."""
+    scan = write_tiny_scan(tmp_path, name="scan{1}")
+    for trial in range(24):
+        np.save(scan / "data" / "behavior" / f"{trial}.npy", np.arange(3, dtype=">f4") + trial)  # byte-swapped
+        empty = scan / "data" / "empty"
+        empty.mkdir(exist_ok=True)
+        np.save(empty / f"{trial}.npy", np.zeros((0, 2), np.float32))  # zero-size trials
+    long_header = np.dtype([(f"field_{k:03d}", "<f4") for k in range(60)])  # a header of about 1.6 kB
+    with open(scan / "data" / "pupil_center" / "5.npy", "wb") as file:
+        np.lib.format.write_array(file, np.array([120.0, 80.0], np.float32), version=(3, 0))
+    for trial in range(24):
+        with open(scan / "data" / "responses" / f"{trial}.npy", "rb") as file:
+            values = np.load(file)
+        with open(scan / "data" / "responses" / f"{trial}.npy", "wb") as file:
+            np.lib.format.write_array(file, values, version=(2, 0))
+    wide = scan / "data" / "wide"
+    wide.mkdir()
+    for trial in range(24):
+        values = np.zeros(2, long_header)
+        values["field_059"] = trial
+        np.save(wide / f"{trial}.npy", values)
+    assert len(np.lib.format.header_data_from_array_1_0(values)["descr"]) == 60
+    assert (wide / "0.npy").stat().st_size - values.nbytes > 1024
+    path = scan if kind == "folder" else zip_scan(scan, tmp_path / "scan.zip", zipfile.ZIP_STORED if kind == "stored" else zipfile.ZIP_DEFLATED)
+    ds = neuroxr.open_scan(path, mask_withheld=False)
+    for variable in ("behavior", "empty", "pupil_center", "responses"):
+        np.testing.assert_array_equal(ds[variable].values, eager(scan, variable))
+    assert ds["empty"].shape == (24, 0, 2)
+    assert ds["wide"].values.dtype == long_header
+    assert ds["wide"].values["field_059"].tolist() == [[float(t)] * 2 for t in range(24)]
+    assert list(check_files(read_layout(path))) == []

@@ -16,7 +16,7 @@ import numpy as np
 
 from neuroxr import datamodel
 from neuroxr.errors import ScanError
-from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array, parse_header
+from neuroxr.npy import HEADER_PROBE, NpyHeader, check_size, load_array, parse_header
 from neuroxr.layout.discover import open_scan_source
 from neuroxr.sources import NumberedFiles, Source
 
@@ -92,10 +92,36 @@ def _trial_count(source: Source, folder: str, names: list[str]) -> int:
 
 
 def read_header(files: NumberedFiles, number: int = 0) -> NpyHeader:
-    """The .npy header of file ``number`` of some numbered files."""
+    """The .npy header of file ``number`` of some numbered files, refused if the file does not hold what it promises.
+
+    A header claiming more bytes than the file holds (an absurd shape) is refused here, at open.
+    """
     buffer = bytearray(HEADER_PROBE)
-    got = files.read_into([number], [[memoryview(buffer)]])[0]
-    return parse_header(bytes(buffer[:got]), files.label(number))
+    size = files.read_into([number], [[memoryview(buffer)]])[0]
+    label = files.label(number)
+    header = parse_header(memoryview(buffer)[: min(size, len(buffer))], label)
+    check_size(header, size if size <= len(buffer) else files.size(number), label)
+    return header
+
+
+# ------------------------------------------------------------------------------------------------
+# What the tree may not hold: refused here, naming the path, instead of being left out in silence
+
+
+def refuse_misplaced(source: Source, folders: dict[str, list[str]]) -> None:
+    """Refuse a file where a data folder belongs (``data/responses`` a file) and a folder named like a .npy file."""
+    for name in folders.get(datamodel.DATA_DIR, []):
+        if name.endswith(".npy") or name in datamodel.DATA_VARIABLES:
+            raise ScanError(source.label(f"{datamodel.DATA_DIR}/{name}"), "is a file, expected a folder of trial files")
+    for folder in folders:
+        if folder.endswith(".npy"):
+            raise ScanError(source.label(folder), "is a folder, expected a .npy file")
+
+
+def check_statistic(source: Source, relative: str, array: np.ndarray) -> None:
+    """Refuse a statistics array that does not hold numbers (it would turn a whole statistics variable into text)."""
+    if array.dtype.kind not in "biufc":
+        raise ScanError(source.label(relative), f"holds {array.dtype} values, expected numbers (a statistic)")
 
 
 def _check_length(source: Source, relative: str, array: np.ndarray, expected: int, what: str) -> None:
@@ -117,6 +143,7 @@ def read_layout(path: str | os.PathLike[str], storage_options: dict | None = Non
 def layout_of(source: Source) -> ScanLayout:
     """The layout of the scan whose root is ``source`` (see :func:`read_layout`)."""
     folders = source.listing()
+    refuse_misplaced(source, folders)
     data_folders = {
         folder.split("/", 1)[1]: names
         for folder, names in folders.items()
@@ -175,6 +202,7 @@ def layout_of(source: Source) -> ScanLayout:
     for relative, array in meta.items():
         parts = relative.split("/")  # meta/statistics/<variable>/<subset>/<statistic>.npy
         if relative.startswith(f"{datamodel.STATISTICS_DIR}/") and len(parts) == 5:
+            check_statistic(source, relative, array)
             statistics.setdefault(parts[2], {}).setdefault(parts[3], {})[parts[4][:-4]] = array
 
     return ScanLayout(source, n_trials, variables, trials, neurons, statistics, source.name)

@@ -1,4 +1,4 @@
-"""The full check of a scan (``neuroxr validate``): the header and size of every trial file."""
+"""The full check of a scan (``neuroxr validate``): every trial file read whole, its header, size and (zip) CRC-32."""
 
 from __future__ import annotations
 
@@ -8,40 +8,61 @@ import numpy as np
 
 from neuroxr.errors import ScanError
 from neuroxr.layout import ScanLayout
-from neuroxr.npy import HEADER_PROBE, parse_header
+from neuroxr.npy import HEADER_PROBE, check_size, parse_header
 
+#: Files read in one batch (one round of requests for remote sources).
+BATCH = 64
 
 
 def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = None) -> Iterator[str]:
-    """Read the header and size of every trial file; yield one message per problem, the file named first.
+    """Read every trial file whole; yield one message per problem, the file named first.
 
-    ``progress`` is called with 1 after each file.
+    A file must have file 0's header (or one that decodes to the same shape and type), hold exactly
+    what its header promises, and, in a .zip, match the CRC-32 the archive records. Reads are
+    bounded: no file is read past the size its variable's header allows. ``progress`` is called
+    with 1 after each file.
     """
     for variable in layout.variables.values():
         expected = variable.header
-        buffer = bytearray(HEADER_PROBE)
-        for number in range(layout.n_trials):
-            label = variable.files.label(number)
+        wanted = expected.file_bytes
+        for first in range(0, layout.n_trials, BATCH):
+            numbers = list(range(first, min(first + BATCH, layout.n_trials)))
+            buffers = [bytearray(wanted) for _ in numbers]
             try:
-                got = variable.files.read_into([number], [[memoryview(buffer)]])[0]
-                prefix = bytes(buffer[:got])
-                header = expected if prefix.startswith(expected.raw) else parse_header(prefix, label)
-                if header.shape != expected.shape or not _same_type(header.dtype, expected.dtype):
-                    yield (
-                        f"{label}: holds {header.dtype} {header.shape}, "
-                        f"expected {expected.dtype} {expected.shape} like {variable.files.label(0)}"
-                    )
-                else:
-                    size = variable.files.size(number)
-                    if size != header.file_bytes:
-                        problem = "truncated" if size < header.file_bytes else "has trailing bytes"
-                        yield f"{label}: {problem}: {size} bytes, the header promises {header.file_bytes}"
-            except ScanError as error:
-                yield str(error)
-            except OSError as error:
-                yield f"{label}: cannot be read ({error.strerror or error})"
-            if progress is not None:
-                progress(1)
+                sizes = variable.files.read_into(numbers, [[memoryview(buffer)] for buffer in buffers])
+            except ScanError:  # one file of the batch is at fault: read them one by one to name it
+                sizes = [None] * len(numbers)
+            for number, buffer, size in zip(numbers, buffers, sizes):
+                problem = _check_one(variable, number, buffer, size)
+                if problem is not None:
+                    yield problem
+                if progress is not None:
+                    progress(1)
+
+
+def _check_one(variable, number: int, buffer: bytearray, size: int | None) -> str | None:  # type: ignore[no-untyped-def]
+    """The problem with one trial file, or None (``size`` is what the batch read returned, None to read it again)."""
+    expected = variable.header
+    files = variable.files
+    label = files.label(number)
+    try:
+        if size is None:
+            size = files.read_into([number], [[memoryview(buffer)]])[0]
+        if size == expected.file_bytes and buffer.startswith(expected.raw):
+            return None
+        if size <= len(buffer):
+            header = parse_header(memoryview(buffer)[:size], label)
+        else:  # longer than file 0: its size, and its header alone
+            size = files.size(number)
+            probe = bytearray(HEADER_PROBE)
+            got = files.read_into([number], [[memoryview(probe)]])[0]
+            header = parse_header(memoryview(probe)[: min(got, len(probe))], label)
+        if header.shape != expected.shape or not _same_type(header.dtype, expected.dtype):
+            return f"{label}: holds {header.describe()}, expected {expected.describe()} like {files.label(0)}"
+        check_size(header, size, label)
+    except ScanError as error:
+        return str(error)
+    return None
 
 
 def _same_type(found: np.dtype, expected: np.dtype) -> bool:

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from neuroxr.errors import ScanError
+
 #: Entries every source ignores: macOS resource forks and Finder files.
 IGNORED_PARTS = ("__MACOSX",)
 IGNORED_PREFIXES = ("._",)
@@ -26,6 +28,8 @@ def is_ignored(relative: str) -> bool:
     >>> is_ignored("__MACOSX/scan/._data"), is_ignored("scan/data/0.npy")
     (True, False)
     """
+    if "__MACOSX" not in relative and ".DS_Store" not in relative and "._" not in relative:
+        return False  # the common case, without splitting
     parts = relative.split("/")
     return (
         any(part in IGNORED_PARTS for part in parts)
@@ -65,6 +69,25 @@ def copy_into(data: bytes | memoryview, buffers: Buffers) -> int:
     return done
 
 
+def read_whole(files: NumberedFiles, number: int, limit: int | None) -> bytearray:
+    """File ``number`` of ``files`` whose size is known without reading it, read whole into a new buffer.
+
+    A file of more than ``limit`` bytes is refused unread (its size is what a zip directory or a
+    listing declares, so nothing larger is ever allocated).
+    """
+    size = files.size(number)
+    if limit is not None and size > limit:
+        raise ScanError(files.label(number), f"holds {size} bytes, expected at most {limit}")
+    buffer = bytearray(size)
+    files.read_into([number], [[memoryview(buffer)]])
+    return buffer
+
+
+def total_bytes(buffers: Buffers) -> int:
+    """The bytes ``buffers`` hold together."""
+    return sum(len(buffer) for buffer in buffers)
+
+
 def limit_to(buffers: Buffers, size: int) -> list[memoryview]:
     """The leading part of ``buffers`` that holds at most ``size`` bytes (never read past a file)."""
     kept: list[memoryview] = []
@@ -88,15 +111,18 @@ class NumberedFiles(Protocol):
         """The size of file ``number`` in bytes (uncompressed), without reading it."""
         ...
 
-    def read(self, number: int) -> bytes:
-        """The whole file ``number``."""
+    def read(self, number: int, limit: int | None = None) -> bytes | bytearray:
+        """The whole file ``number``, verified; a file of more than ``limit`` bytes is refused unread."""
         ...
 
     def read_into(self, numbers: Sequence[int], buffers: Sequence[Buffers]) -> list[int]:
         """Fill ``buffers[k]`` in turn with the leading bytes of file ``numbers[k]``, for every k.
 
-        Returns the bytes placed for each file (less than the buffers hold when the file is shorter).
-        Never reads past the end of a file. Sources that fetch over a network fetch them together.
+        Returns each file's size: the bytes placed when the file fits its buffers (a zip member is
+        then verified whole), and more than its buffers hold when it is longer (its leading bytes
+        placed, nothing past them read unless a zip member must be inflated whole to be verified).
+        Never reads past the end of a file, never blocks on a file that is not a regular one.
+        Sources that fetch over a network fetch them together.
         """
         ...
 
@@ -114,11 +140,11 @@ class Source(Protocol):
         """Where a file is, as a user would find it."""
         ...
 
-    def read(self, relative: str) -> bytes:
-        """A whole (small) file."""
+    def read(self, relative: str) -> bytes | bytearray:
+        """A whole (small) file, verified (zip members: CRC-32; only regular files are read)."""
         ...
 
-    def read_many(self, relatives: Sequence[str]) -> list[bytes]:
+    def read_many(self, relatives: Sequence[str]) -> list[bytes | bytearray]:
         """Several whole (small) files, in the order asked; one batch of requests where that helps."""
         ...
 

@@ -1,26 +1,52 @@
 """A local .zip archive as a source, read in place (never extracted).
 
-The central directory is read once when the archive is opened; its numbered members keep the offsets and sizes
-of its members and reopens the archive per read (``pread``: no shared file position, safe in
-threads and picklable). Stored members are read straight into the caller's buffers.
+The central directory is parsed once when the archive is opened (:func:`~neuroxr.sources.zipmember.read_directory`:
+two reads and no ``ZipInfo`` objects); numbered members keep the offsets and sizes of their members
+and reopen the archive per read (``pread``: no shared file position, safe in threads and picklable).
+Stored members are read straight into the caller's buffers and their CRC-32 computed there;
+deflated ones are inflated by libdeflate. Every member read whole is verified.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from neuroxr.sources.base import Buffers, copy_into, group_by_folder, is_ignored, limit_to
+import numpy as np
+
+from neuroxr.errors import ScanError
+from neuroxr.sources.base import Buffers, group_by_folder, is_ignored, limit_to, read_whole, total_bytes
+from neuroxr.sources.folder import os_error
 from neuroxr.sources.zipmember import (
-    LOCAL_HEADER,
+    Directory,
     MemberTable,
+    crc32,
     data_offset,
-    decompress,
+    header_span,
+    inflate,
+    inflate_into,
     member_template,
     read_directory,
+    verify_crc,
 )
+
+
+def open_directory(archive: str) -> Directory:
+    """The central directory of the local archive ``archive`` (a regular file)."""
+    try:
+        fd = os.open(archive, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ScanError(archive, "is not a regular file, expected a .zip archive")
+            return read_directory(lambda offset, length: os.pread(fd, length, offset), info.st_size, archive)
+        finally:
+            os.close(fd)
+    except OSError as error:
+        raise os_error(error, archive) from error
 
 
 class ZipMembers:
@@ -40,42 +66,57 @@ class ZipMembers:
     def size(self, number: int) -> int:
         return int(self.table.sizes[number])
 
-    def read(self, number: int) -> bytes:
-        buffer = bytearray(self.size(number))
-        got = self.read_into([number], [[memoryview(buffer)]])[0]
-        return bytes(buffer[:got])
+    def read(self, number: int, limit: int | None = None) -> bytes | bytearray | memoryview:
+        return read_whole(self, number, limit)
 
     def read_into(self, numbers: Sequence[int], buffers: Sequence[Buffers]) -> list[int]:
         table = self.table
-        fd = os.open(self.archive, os.O_RDONLY)
+        label = ""
         try:
-            done = []
-            for number, targets in zip(numbers, buffers):
-                offset = int(table.offsets[number])
-                start = offset + data_offset(os.pread(fd, LOCAL_HEADER.size, offset), self.label(number))
-                method, size = int(table.methods[number]), int(table.sizes[number])
-                if method == zipfile.ZIP_STORED:
-                    wanted = limit_to(targets, size)
-                    done.append(os.preadv(fd, wanted, start) if wanted else 0)
-                    continue
-                raw = os.pread(fd, int(table.compressed[number]), start)
-                data = decompress(raw, method, size, int(table.crcs[number]), self.label(number))
-                done.append(copy_into(data, targets))
-            return done
-        finally:
-            os.close(fd)
+            fd = os.open(self.archive, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            try:
+                done = []
+                for number, targets in zip(numbers, buffers):
+                    label = self.label(number)
+                    done.append(_read_member(fd, table, number, targets, label))
+                return done
+            finally:
+                os.close(fd)
+        except OSError as error:
+            raise os_error(error, label or self.archive) from error
+
+
+def _read_member(fd: int, table: MemberTable, row: int, targets: Buffers, label: str) -> int:
+    """Read member ``row`` of the archive open as ``fd`` into ``targets``; return its size (see ``read_into``)."""
+    offset = int(table.offsets[row])
+    span = header_span(table, row)
+    start = offset + data_offset(os.pread(fd, span, offset), table, row, label)
+    size = int(table.sizes[row])
+    if int(table.methods[row]) == zipfile.ZIP_STORED:
+        wanted = limit_to(targets, size)
+        placed = total_bytes(wanted)
+        got = os.preadv(fd, wanted, start) if wanted else 0
+        if got != placed:
+            raise ScanError(label, f"corrupt zip: the archive ends inside the member ({got} of {size} bytes)")
+        if placed == size:
+            verify_crc(crc32(wanted), table, row, label)
+        return size
+    packed = int(table.compressed[row])
+    raw = os.pread(fd, packed, start)
+    if len(raw) != packed:
+        raise ScanError(label, f"corrupt zip: the archive ends inside the member ({len(raw)} of {packed} bytes)")
+    return inflate_into(raw, table, row, targets, label)
 
 
 class ZipSource:
     """The members under one folder of a local .zip archive (the whole archive when ``prefix`` is "")."""
 
-    def __init__(self, archive: str | os.PathLike[str], prefix: str = "", infos: dict[str, zipfile.ZipInfo] | None = None) -> None:
+    def __init__(self, archive: str | os.PathLike[str], prefix: str = "", directory: Directory | None = None) -> None:
         self.archive = os.path.abspath(archive)
         self.prefix = prefix
-        if infos is None:
-            infos = {info.filename: info for info in read_directory(self.archive, self.archive) if not info.is_dir()}
-        self._infos = {name: info for name, info in infos.items() if not is_ignored(name)}  # relative -> ZipInfo
+        self._directory = open_directory(self.archive) if directory is None else directory
         self.name = prefix.rstrip("/").rsplit("/", 1)[-1] if prefix else Path(archive).stem
+        self._rows: dict[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"ZipSource({self.archive!r}, prefix={self.prefix!r})"
@@ -83,30 +124,54 @@ class ZipSource:
     def __getstate__(self) -> dict[str, object]:
         raise TypeError("a ZipSource is not sent to workers; its numbered members are")
 
+    @property
+    def rows(self) -> dict[str, int]:
+        """Each member under the prefix (relative name) and its row in the directory; clutter left out."""
+        if self._rows is None:
+            prefix, cut = self.prefix, len(self.prefix)
+            self._rows = {
+                name[cut:]: row
+                for row, name in enumerate(self._directory.names)
+                if name.startswith(prefix) and not is_ignored(name)
+            }
+        return self._rows
+
     def listing(self) -> dict[str, list[str]]:
-        return group_by_folder(self._infos)
+        """Every member, by folder; a folder entry named like a file (``x.npy/``) is listed, even empty, so the layout can refuse it."""
+        listing = group_by_folder(self.rows)
+        for folder in self._directory.folders:
+            if folder.startswith(self.prefix) and folder.endswith(".npy/") and not is_ignored(folder):
+                listing.setdefault(folder[len(self.prefix) :].rstrip("/"), [])
+        return listing
 
     def label(self, relative: str) -> str:
         return f"{self.archive}::{self.prefix}{relative}"
 
-    def read(self, relative: str) -> bytes:
+    def _table(self, relatives: Sequence[str]) -> MemberTable:
+        """The checked table of some members (missing ones and what no read could verify refused, naming them)."""
+        rows = self.rows
+        missing = next((relative for relative in relatives if relative not in rows), None)
+        if missing is not None:
+            raise ScanError(self.label(missing), "missing from the archive")
+        table = self._directory.table.take(np.fromiter((rows[r] for r in relatives), np.int64, len(relatives)))
+        table.check(lambda row: self.label(relatives[row]), self._directory.data_end)
+        return table
+
+    def read(self, relative: str) -> bytes | bytearray | memoryview:
         return self.read_many([relative])[0]
 
-    def read_many(self, relatives: Sequence[str]) -> list[bytes]:
-        table = MemberTable.of([self._infos[relative] for relative in relatives], self.archive)
-        members = _Members(self.archive, [self.label(relative) for relative in relatives], table)
+    def read_many(self, relatives: Sequence[str]) -> list[bytes | bytearray | memoryview]:
+        members = _Members(self.archive, [self.label(relative) for relative in relatives], self._table(relatives))
         return [members.read(number) for number in range(len(relatives))]
 
     def within(self, folder: str) -> ZipSource:
         if not folder:
             return self
-        prefix = folder.rstrip("/") + "/"
-        members = {name[len(prefix) :]: info for name, info in self._infos.items() if name.startswith(prefix)}
-        return ZipSource(self.archive, self.prefix + prefix, members)
+        return ZipSource(self.archive, self.prefix + folder.rstrip("/") + "/", self._directory)
 
     def numbered(self, directory: str, count: int, suffix: str) -> ZipMembers:
-        infos = [self._infos[f"{directory}/{number}{suffix}"] for number in range(count)]
-        return ZipMembers(self.archive, member_template(self.prefix, directory, suffix), MemberTable.of(infos, self.archive))
+        table = self._table([f"{directory}/{number}{suffix}" for number in range(count)])
+        return ZipMembers(self.archive, member_template(self.prefix, directory, suffix), table)
 
 
 class _Members(ZipMembers):
@@ -118,3 +183,6 @@ class _Members(ZipMembers):
 
     def label(self, number: int) -> str:
         return self._labels[number]
+
+
+__all__ = ["ZipMembers", "ZipSource", "inflate", "open_directory"]
