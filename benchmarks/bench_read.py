@@ -1,46 +1,58 @@
-"""Reading a release-size scan: open time and full-load throughput against np.load loops and raw reads.
+"""Reading a release-size scan: neuroxr against the limits of the machine, every figure a ratio measured in the same run.
 
-    python benchmarks/bench_read.py            # 7,000 trials x 8,000 neurons, 144 x 256 images (~1.2 GB)
-    python benchmarks/bench_read.py --small    # a quick run on a tenth of that
+    python benchmarks/bench_read.py                  # 7,000 trials x 8,000 neurons, 144 x 256 images (~1.3 GB)
+    python benchmarks/bench_read.py --small          # a tenth of that, for a quick look
+    python benchmarks/bench_read.py --dir DIR        # build the scans in DIR once, and reuse them on later runs
 
-Builds the synthetic scan once (folder, stored zip, deflated zip) in a temporary folder, then measures,
-in the same run and with a warm page cache (median of --repeats):
-  * open: ``neuroxr.open_scan`` of the folder and of each zip;
-  * load: responses and images read whole by neuroxr (folder, stored zip, deflated zip), by the loop
-    ``np.stack([np.load(f) for f in files])`` a user would write, and by ``open(f).read()`` of every
-    file (raw byte reads: what the disk and the kernel allow). neuroxr is timed twice: "into memory"
-    (``ds[v].compute()``: one new array, so it adds page faults and dask's final concatenation) and
-    "streamed" (every block read and dropped, as a reduction or an export consumes them), plus a
-    load through the plain lazy backend (``xr.open_dataset(..., engine="sensorium")``, no dask).
-Ratios are printed against the baselines measured in the same run; absolute times drift on a shared
-machine, ratios hold.
+Builds one synthetic scan three ways (folder, stored zip, deflated zip), then measures with a warm
+page cache, repeats interleaved and the median taken (the machine is shared: absolute times drift,
+ratios measured side by side hold):
+
+* open: ``neuroxr.open_scan`` of each, against the folder;
+* the limits and baselines, per variable: raw byte reads (``open(f).read()`` of every file),
+  every payload read into one fresh array (``np.empty`` + ``readinto``), a one-core ``zlib``
+  inflate loop over the deflated members, the ``np.stack(np.load)`` loop a user writes;
+* neuroxr: the variable into memory (``ds[v].values``) and streamed (every block computed and
+  dropped, as reductions and exports consume a scan) from each source;
+* a fresh process that opens the scan and loads images and responses, against neuralpredictors'
+  first epoch item by item (its ``FileTreeDataset`` calls ``np.load`` per trial and key);
+* the peak RSS of a fresh process streaming the deflated zip.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import dask.array
 import numpy as np
-import xarray as xr
 
 import neuroxr
 from neuroxr.formats.release import to_folder
+from neuroxr.sources.zipmember import LOCAL_HEADER
+from neuroxr.sources.zip import open_directory
 from neuroxr.synthetic import make_scan
 
+VARIABLES = ("responses", "images")
 
-def median_time(function: Callable[[], object], repeats: int) -> float:
-    times = []
+
+def medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """The median time of each function, the repeats interleaved so drifts of the machine hit all alike."""
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            times[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def trial_files(scan: Path, variable: str) -> list[Path]:
@@ -56,8 +68,41 @@ def raw_read(files: list[Path]) -> int:
     return total
 
 
-def np_load_loop(files: list[Path]) -> np.ndarray:
-    return np.stack([np.load(file) for file in files])
+def fresh_array(files: list[Path]) -> np.ndarray:
+    """Every payload read into one new array: the limit of a whole-variable load."""
+    first = np.load(files[0])
+    header = files[0].stat().st_size - first.nbytes
+    out = np.empty((len(files), *first.shape), first.dtype)
+    for row, file in enumerate(files):
+        with open(file, "rb", buffering=0) as handle:
+            handle.seek(header)
+            handle.readinto(out[row])
+    return out
+
+
+def deflated_members(archive: Path, variable: str) -> list[tuple[int, int, int]]:
+    """(data offset, compressed size, size) of each trial member of ``variable`` in the deflated archive."""
+    directory = open_directory(str(archive))
+    top = next(folder for folder in directory.tree if folder.endswith(f"/data/{variable}"))
+    rows = directory.numbered_rows(top, len(directory.tree[top]), ".npy", str)
+    table = directory.table.take(rows)
+    found = []
+    with open(archive, "rb") as file:
+        for row in range(len(table)):
+            offset = int(table.offsets[row])
+            _, name_length, extra_length = LOCAL_HEADER.unpack(os.pread(file.fileno(), LOCAL_HEADER.size, offset))
+            found.append((offset + LOCAL_HEADER.size + name_length + extra_length, int(table.compressed[row]), int(table.sizes[row])))
+    return found
+
+
+def zlib_loop(archive: Path, members: list[tuple[int, int, int]]) -> None:
+    """A one-core zlib inflate loop over the members (each read with ``pread``): the baseline of the deflated path."""
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        for offset, packed, size in members:
+            zlib.decompress(os.pread(fd, packed, offset), -15, size)
+    finally:
+        os.close(fd)
 
 
 class Discard:
@@ -71,55 +116,117 @@ def stream(array: dask.array.Array) -> None:
     dask.array.store(array, Discard(), lock=False)
 
 
+def fresh_process(code: str, repeats: int) -> float:
+    """The median wall time of ``python -c code`` (interpreter start and imports included)."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+NEURALPREDICTORS_EPOCH = """
+import numpy as np, pathlib, sys
+root = pathlib.Path(sys.argv[1])
+keys = ("images", "responses")
+n = {len(list((root / "data" / key).glob("*"))) for key in keys}.pop()   # FileTreeDataset: N per data key
+for i in range(n):                                                          # one epoch, item by item
+    item = [np.load(root / "data" / key / f"{i}.npy") for key in keys]     # __getitem__: np.load per key
+"""
+NEUROXR_LOAD = """
+import sys, neuroxr
+ds = neuroxr.open_scan(sys.argv[1])
+images, responses = ds.images.values, ds.responses.values
+"""
+STREAM_RSS = """
+import resource, sys, dask.array, neuroxr
+class Discard:
+    def __setitem__(self, key, value): pass
+ds = neuroxr.open_scan(sys.argv[1])
+dask.array.store([ds.images.data, ds.responses.data], [Discard(), Discard()], lock=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def build(root: Path, n_trials: int, n_neurons: int) -> dict[str, Path]:
+    paths = {"folder": root / "scan", "stored zip": root / "stored.zip", "deflated zip": root / "deflated.zip"}
+    if all(path.exists() for path in paths.values()):
+        return paths
+    started = time.perf_counter()
+    synthetic = make_scan(n_trials=n_trials, n_neurons=n_neurons, image_shape=(1, 144, 256))
+    to_folder(synthetic, paths["folder"], overwrite=True)
+    to_folder(synthetic, paths["stored zip"], zip=True, overwrite=True)
+    to_folder(synthetic, paths["deflated zip"], zip=True, compression="deflated", overwrite=True)
+    print(f"built a {n_trials} x {n_neurons} scan with 1x144x256 images in {time.perf_counter() - started:.0f} s")
+    return paths
+
+
+def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
+    paths = build(root, n_trials, n_neurons)
+    folder = paths["folder"]
+    print(f"\n{n_trials} trials x {n_neurons} neurons, 1x144x256 images; median of {repeats}, repeats interleaved")
+
+    opened = medians({name: (lambda p=path: neuroxr.open_scan(p)) for name, path in paths.items()}, repeats + 2)
+    print("\n| open | seconds | vs the folder |\n|---|---|---|")
+    for name, seconds in opened.items():
+        print(f"| {name} | {seconds:.3f} | {seconds / opened['folder']:.2f}x |")
+
+    datasets = {name: neuroxr.open_scan(path) for name, path in paths.items()}
+    print("\n| variable | method | seconds | MB/s | ratio | against |\n|---|---|---|---|---|---|")
+    for variable in VARIABLES:
+        files = trial_files(folder, variable)
+        megabytes = raw_read(files) / 1e6  # also warms the page cache
+        members = deflated_members(paths["deflated zip"], variable)
+        raw_read(files)
+        functions: dict[str, Callable[[], object]] = {
+            "raw byte reads (limit)": lambda: raw_read(files),
+            "one fresh array (limit)": lambda: fresh_array(files),
+            "zlib inflate loop, one core": lambda: zlib_loop(paths["deflated zip"], members),
+            "np.stack(np.load) loop": lambda: np.stack([np.load(file) for file in files]),
+        }
+        for name, ds in datasets.items():
+            functions[f"neuroxr, {name}, into memory"] = lambda d=ds: d[variable].values
+            functions[f"neuroxr, {name}, streamed"] = lambda d=ds: stream(d[variable].data)
+        measured = medians(functions, repeats)
+        against = {
+            "neuroxr, folder, into memory": "one fresh array (limit)",
+            "neuroxr, stored zip, into memory": "one fresh array (limit)",
+            "neuroxr, deflated zip, into memory": "zlib inflate loop, one core",
+            "neuroxr, folder, streamed": "raw byte reads (limit)",
+            "neuroxr, stored zip, streamed": "raw byte reads (limit)",
+            "neuroxr, deflated zip, streamed": "zlib inflate loop, one core",
+            "np.stack(np.load) loop": "raw byte reads (limit)",
+        }
+        for method, seconds in measured.items():
+            baseline = against.get(method)
+            ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
+            print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
+
+    epoch = fresh_process(NEURALPREDICTORS_EPOCH.replace("sys.argv[1]", repr(str(folder))), max(1, repeats // 2))
+    load = fresh_process(NEUROXR_LOAD.replace("sys.argv[1]", repr(str(folder))), max(1, repeats // 2))
+    print("\n| fresh process: open + load images and responses | seconds | speed-up |\n|---|---|---|")
+    print(f"| neuralpredictors' first epoch, item by item (its np.load per trial and key) | {epoch:.2f} | 1.00 |")
+    print(f"| neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
+
+    output = subprocess.run([sys.executable, "-c", STREAM_RSS.replace("sys.argv[1]", repr(str(paths["deflated zip"])))],
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    print(f"\npeak RSS of a fresh process streaming images and responses from the deflated zip: {int(output) / 1024:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="a tenth of the release size")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dir", help="where to build the scan (default: a temporary folder)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", help="build the scans here, or reuse those built by an earlier run (default: a temporary folder)")
     args = parser.parse_args()
     n_trials, n_neurons = (700, 8000) if args.small else (7000, 8000)
-
-    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
-        root = Path(tmp)
-        started = time.perf_counter()
-        synthetic = make_scan(n_trials=n_trials, n_neurons=n_neurons, image_shape=(1, 144, 256))
-        folder = to_folder(synthetic, root / "scan")
-        stored = to_folder(synthetic, root / "stored.zip", zip=True)
-        deflated = to_folder(synthetic, root / "deflated.zip", zip=True, compression="deflated")
-        print(f"built a {n_trials} x {n_neurons} scan with 1x144x256 images in {time.perf_counter() - started:.0f} s")
-        sources = {"folder": Path(folder), "stored zip": Path(stored), "deflated zip": Path(deflated)}
-
-        rows = []
-        for name, path in sources.items():
-            rows.append((f"open ({name})", median_time(lambda p=path: neuroxr.open_scan(p), args.repeats), None))
-        print("\n| step | seconds |\n|---|---|")
-        for step, seconds, _ in rows:
-            print(f"| {step} | {seconds:.3f} |")
-
-        print("\n| variable | method | seconds | MB/s | vs raw read | vs np.load loop |\n|---|---|---|---|---|---|")
-        for variable in ("responses", "images"):
-            files = trial_files(Path(folder), variable)
-            megabytes = raw_read(files) / 1e6  # also warms the page cache
-            raw = median_time(lambda f=files: raw_read(f), args.repeats)
-            loop = median_time(lambda f=files: np_load_loop(f), args.repeats)
-            measured = {"raw byte reads (limit)": raw, "np.stack(np.load) loop": loop}
-            for name, path in sources.items():
-                dataset = neuroxr.open_scan(path)
-                measured[f"neuroxr, {name}, into memory"] = median_time(
-                    lambda d=dataset, v=variable: d[v].compute(), args.repeats
-                )
-                measured[f"neuroxr, {name}, streamed"] = median_time(
-                    lambda d=dataset, v=variable: stream(d[v].data), args.repeats
-                )
-            lazy = xr.open_dataset(sources["folder"], engine="sensorium", cache=False)  # no dask: one read, one array
-            measured["neuroxr, folder, into memory without dask"] = median_time(
-                lambda d=lazy, v=variable: d[v].variable.to_numpy(), args.repeats
-            )
-            for method, seconds in measured.items():
-                print(
-                    f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | "
-                    f"{raw / seconds:.2f} | {loop / seconds:.2f} |"
-                )
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        run(Path(args.dir), n_trials, n_neurons, args.repeats)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            run(Path(tmp), n_trials, n_neurons, args.repeats)
 
 
 if __name__ == "__main__":

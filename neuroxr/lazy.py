@@ -5,17 +5,114 @@ payload is read straight into the output array (one ``preadv`` per file on a fol
 source fetches the block in one batch). A file whose header differs is decoded with a pickle-free
 ``np.load`` and accepted only if it holds the same shape and type. Withheld cells are set to NaN
 here, so masking stays lazy.
+
+Two things keep reads at the speed of the disk: a whole-variable load (:meth:`TrialReader.read_all`,
+which ``np.asarray`` and ``.values`` of an opened variable reach through :class:`WholeReadArray`)
+reads every trial straight into the one output array, blocks in parallel threads, with no dask
+concatenation after; and streamed blocks come from a :class:`BlockPool` that reuses the memory of
+blocks nobody holds any more, so a reduction or an export does not fault in fresh pages per block.
 """
 
 from __future__ import annotations
 
+import math
+import mmap
+import os
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import dask
+import dask.array
 import numpy as np
 from xarray.backends import BackendArray
 from xarray.core import indexing
 
+from neuroxr import chunking
 from neuroxr.errors import ScanError
 from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array
 from neuroxr.sources import NumberedFiles
+
+
+#: Arrays of at least this many bytes get memory of their own from the kernel (see :func:`allocate`).
+MAPPED_BYTES = 4 * 2**20
+
+
+def allocate(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+    """A new, uninitialised array; a large one in an anonymous memory mapping of its own.
+
+    numpy asks the kernel for transparent huge pages for large arrays; where the kernel then
+    compacts memory synchronously to find them (``defrag=madvise``, a common default), the first
+    touch of a gigabyte can stall for seconds. Plain pages cost a fault each, but never stall. The
+    mapping is unmapped when the last array using it is gone.
+
+    >>> allocate((2, 3), "f4").shape
+    (2, 3)
+    """
+    dtype = np.dtype(dtype)
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes < MAPPED_BYTES or dtype.hasobject:
+        return np.empty(shape, dtype)
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.ndarray(shape, dtype=dtype, buffer=memory)  # its base is the mapping: views of it refer to it
+
+
+class BlockPool:
+    """Memory for trial blocks, reused once nothing refers to a block any more.
+
+    A streamed read (a reduction, an export) makes one block after another and drops each; fresh
+    memory for every block costs the kernel a page fault per page, which is most of the time of a
+    read from the page cache. The pool keeps up to ``keep`` buffers (of any size; at most
+    ``keep`` x 64 MB with the default chunks) and hands one out again only when no array refers to
+    it: every view of a block refers to the buffer that owns its memory, so CPython's reference
+    count says so exactly. Blocks smaller than ``smallest`` bytes come straight from ``np.empty``.
+    """
+
+    def __init__(self, keep: int = 4, smallest: int = 2**20) -> None:
+        self.keep = keep
+        self.smallest = smallest
+        self._buffers: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised array of ``shape`` and ``dtype``, in reused memory where some is free."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.smallest or dtype.hasobject:
+            return np.empty(shape, dtype)
+        with self._lock:
+            free = [buffer for buffer in self._buffers if sys.getrefcount(buffer) == 3]  # the list, this name, the call
+            fits = [buffer for buffer in free if len(buffer) >= nbytes]
+            if fits:
+                buffer = min(fits, key=len)
+            else:
+                buffer = allocate((nbytes,), np.uint8)
+                if free:  # make room: a free buffer too small for blocks like this one
+                    smallest = min(free, key=len)
+                    self._buffers = [kept for kept in self._buffers if kept is not smallest]
+                if len(self._buffers) < self.keep:
+                    self._buffers.append(buffer)
+            del free, fits
+        return buffer[:nbytes].view(dtype).reshape(shape)
+
+    @property
+    def held(self) -> int:
+        """Bytes of memory the pool keeps."""
+        with self._lock:
+            return sum(len(buffer) for buffer in self._buffers)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BlockPool, (self.keep, self.smallest))  # a worker gets a pool of its own
+
+
+#: The pool every reader in this process shares.
+BLOCKS = BlockPool()
+
+
+def _threads() -> int:
+    """Threads for a whole-variable read: dask's ``num_workers`` if set, else the machine's cores."""
+    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
 class TrialReader:
@@ -31,20 +128,47 @@ class TrialReader:
         self.fast = not (header.fortran_order and len(header.shape) > 1) and header.dtype.isnative
 
     def read(self, trials: np.ndarray) -> np.ndarray:
-        """Stack the files of ``trials`` (file numbers, any order, repeats allowed)."""
+        """Stack the files of ``trials`` (file numbers, any order, repeats allowed) into a new array."""
         trials = np.asarray(trials, dtype=np.int64)
-        numbers, where = np.unique(trials, return_inverse=True)
-        out = np.empty((len(trials), *self.header.shape), dtype=self.stored_dtype)
-        if len(numbers) == len(trials) and np.all(numbers == trials):
-            self._fill(numbers, out)
-        else:  # repeats or another order: read each file once, then place the rows
+        out = BLOCKS.empty((len(trials), *self.header.shape), self.dtype)
+        self.read_into(trials, out)
+        return out
+
+    def read_into(self, trials: np.ndarray, out: np.ndarray) -> None:
+        """Read the files of ``trials`` into ``out`` (shape ``(len(trials), *header.shape)``, dtype :attr:`dtype`)."""
+        trials = np.asarray(trials, dtype=np.int64)
+        ordered = len(trials) < 2 or bool(np.all(trials[1:] > trials[:-1]))
+        if ordered and self.dtype == self.stored_dtype:
+            self._fill(trials, out)
+        else:  # repeats, another order or a wider type: read each file once, then place the rows
+            numbers, where = np.unique(trials, return_inverse=True)
             distinct = np.empty((len(numbers), *self.header.shape), dtype=self.stored_dtype)
             self._fill(numbers, distinct)
-            np.take(distinct, where.ravel(), axis=0, out=out)
-        if self.dtype != self.stored_dtype:
-            out = out.astype(self.dtype)
+            out[...] = distinct[where.ravel()]
         if self.masked_trials is not None:
             out[self.masked_trials[trials]] = np.nan
+
+    def read_all(self, n_trials: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Every trial, read straight into one array (``out``, or a new one), blocks in parallel threads.
+
+        >>> from neuroxr.layout import read_layout
+        >>> variable = read_layout(neuroxr.write_scan(tmp / "scan", n_trials=40, n_neurons=10)).variables["responses"]
+        >>> TrialReader(variable.files, variable.header).read_all(40).shape
+        (40, 10)
+        """
+        if out is None:
+            out = allocate((n_trials, *self.header.shape), self.dtype)
+        threads = max(1, min(_threads(), n_trials))
+        per_block = min(chunking.trials_per_chunk(self.header.payload_bytes, n_trials), math.ceil(n_trials / threads))
+        bounds = list(range(0, n_trials, max(1, per_block))) + [n_trials]
+        blocks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
+        if threads == 1 or len(blocks) == 1:
+            for start, stop in blocks:
+                self.read_into(np.arange(start, stop), out[start:stop])
+            return out
+        with ThreadPoolExecutor(threads, thread_name_prefix="neuroxr-read") as pool:
+            for done in [pool.submit(self.read_into, np.arange(start, stop), out[start:stop]) for start, stop in blocks]:
+                done.result()
         return out
 
     def _fill(self, numbers: np.ndarray, out: np.ndarray) -> None:
@@ -118,3 +242,52 @@ class TrialStackArray(BackendArray):
                 block = block[(slice(None),) * (first + axis) + (index,)]
         return block
 
+
+class WholeReadArray(dask.array.Array):
+    """The dask array of one opened variable, which reads itself whole straight into one array.
+
+    It is the usual block-per-chunk dask array (every operation on it builds the usual graph, and
+    gives a plain dask array), except that computing the array itself, which is what
+    ``np.asarray(da)`` and ``DataArray.values`` do, reads every trial directly into the result with
+    :meth:`TrialReader.read_all` when the scheduler is local: one output array, no blocks to
+    concatenate. Under ``dask.distributed`` it computes as any dask array does.
+    """
+
+    reader: TrialReader
+
+    @classmethod
+    def of(cls, array: dask.array.Array, reader: TrialReader) -> WholeReadArray:
+        """``array`` (the dask array of all trials of ``reader``'s variable) that reads itself whole."""
+        whole = cls(array.dask, array.name, array.chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
+        whole.reader = reader
+        return whole
+
+    def compute(self, **kwargs: Any) -> Any:
+        from dask.base import get_scheduler
+
+        if kwargs or get_scheduler(collections=[self]) not in (dask.threaded.get, dask.local.get_sync):
+            return super().compute(**kwargs)
+        return self.reader.read_all(self.shape[0])
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (WholeReadArray._rebuilt, (super().__reduce__(), self.reader))
+
+    @staticmethod
+    def _rebuilt(plain: tuple[Any, ...], reader: TrialReader) -> WholeReadArray:
+        function, arguments = plain
+        return WholeReadArray.of(function(*arguments), reader)
+
+
+def whole_reader(data: Any) -> TrialReader | None:
+    """The reader of ``data`` if it is all of one variable's trials as xarray wraps them (adapters around a
+    :class:`TrialStackArray`, indexed by nothing but full slices), else None."""
+    while not isinstance(data, TrialStackArray):
+        key = getattr(data, "key", None)
+        if key is not None and not all(
+            isinstance(k, slice) and k.indices(size) == (0, size, 1) for k, size in zip(key.tuple, data.array.shape)
+        ):
+            return None
+        data = getattr(data, "array", None)
+        if data is None:
+            return None
+    return data.reader

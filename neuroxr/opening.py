@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import xarray as xr
+from xarray.namedarray.daskmanager import DaskManager
 
 from neuroxr import chunking
 from neuroxr.backend import SensoriumBackendEntrypoint
@@ -20,9 +21,23 @@ from neuroxr.formats.netcdf import open_netcdf
 from neuroxr.formats.nwb import open_nwb
 from neuroxr.formats.zarr import open_zarr
 from neuroxr.layout.discover import is_scan_folder, scan_paths
+from neuroxr.lazy import WholeReadArray, whole_reader
 from neuroxr.sources import is_url
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
+
+
+class WholeReadDaskManager(DaskManager):
+    """xarray's dask chunk manager, except that a variable of trial files becomes a :class:`~neuroxr.lazy.WholeReadArray`.
+
+    Given to ``xr.open_dataset`` by :func:`open_scan`, so that ``ds.responses.values`` reads every
+    trial straight into one array instead of concatenating dask's blocks.
+    """
+
+    def from_array(self, data, chunks, **kwargs):  # type: ignore[no-untyped-def, override]
+        array = super().from_array(data, chunks, **kwargs)
+        reader = whole_reader(data)
+        return array if reader is None else WholeReadArray.of(array, reader)
 
 
 def open_scan(
@@ -52,6 +67,7 @@ def open_scan(
         path,
         engine=SensoriumBackendEntrypoint,
         chunks=xarray_chunks,
+        chunked_array_type=WholeReadDaskManager(),
         mask_withheld=mask_withheld,
         drop_variables=drop_variables,
         trials_per_chunk=block,

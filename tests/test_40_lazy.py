@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pickle
 import shutil
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import assert_reads_on_access, eager, expect_scan_error, write_tiny_scan
+from conftest import assert_reads_on_access, eager, expect_scan_error, write_tiny_scan, zip_scan
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -199,3 +201,55 @@ def test_orthogonal_and_vectorised_indexing_match_numpy(indexed_scan: Path, data
     t = xr.DataArray([p[0] for p in points], dims="point")
     n = xr.DataArray([p[1] for p in points], dims="point")
     np.testing.assert_array_equal(ds.responses.isel(trial=t, neuron=n).values, responses[t.values, n.values])
+
+
+# ----------------------------------------------------------------------------------------------
+# regression guards that time nothing: one output array for a whole-variable load, reused block memory
+
+
+@pytest.fixture(scope="module")
+def sizeable_scan(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """200 trials of 64 kB images: blocks of several megabytes, where copies and fresh memory would show."""
+    return write_tiny_scan(tmp_path_factory.mktemp("sizeable"), n_trials=200, n_neurons=40, image_shape=(1, 128, 128))
+
+
+def peak_bytes(action) -> tuple[object, int]:  # type: ignore[no-untyped-def]
+    tracemalloc.start()
+    try:
+        result = action()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_a_whole_variable_load_allocates_one_output_array(sizeable_scan: Path, tmp_path: Path, kind: str) -> None:
+    """``ds.images.values`` reads every trial straight into the result: no blocks, no concatenation copy."""
+    path = sizeable_scan if kind == "folder" else zip_scan(sizeable_scan, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    ds = neuroxr.open_scan(path, chunks=20)  # 10 dask chunks
+    assert ds.images.data.npartitions == 10
+    values, peak = peak_bytes(lambda: ds.images.values)
+    np.testing.assert_array_equal(values, eager(sizeable_scan, "images"))
+    assert peak < 1.2 * values.nbytes, f"{peak / values.nbytes:.2f}x the output array"
+    _, through_dask = peak_bytes(lambda: ds.images.compute())  # blocks, then dask's concatenation
+    assert through_dask > 1.6 * values.nbytes  # so the guard above can tell the difference
+    masked = neuroxr.open_scan(write_tiny_scan(tmp_path / "c", competition=True), chunks=5)
+    np.testing.assert_array_equal(masked.responses.values, masked.responses.compute().values)  # NaN where withheld
+
+
+def test_streamed_blocks_reuse_the_memory_of_blocks_nobody_holds(sizeable_scan: Path) -> None:
+    """A streamed read does not fault in fresh memory per block: a dropped block's buffer serves the next."""
+    reader = reader_of(sizeable_scan, "images")
+    expected = eager(sizeable_scan, "images")
+    addresses = set()
+    for start in (0, 70, 0, 70, 0, 70):  # blocks of 4.6 MB, each dropped before the next is read
+        block = reader.read(np.arange(start, start + 70))
+        np.testing.assert_array_equal(block, expected[start : start + 70])
+        addresses.add(block.__array_interface__["data"][0])
+        del block
+    assert len(addresses) == 1, "every block came from fresh memory"
+    held = reader.read(np.arange(0, 70))[5:10]  # a view keeps its block's buffer busy ...
+    other = reader.read(np.arange(70, 140))
+    assert other.__array_interface__["data"][0] != held.__array_interface__["data"][0] - 5 * held[0].nbytes
+    np.testing.assert_array_equal(held, expected[5:10])  # ... so it is not overwritten
+    np.testing.assert_array_equal(other, expected[70:140])

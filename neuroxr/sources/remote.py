@@ -395,8 +395,6 @@ class RemoteZipSource:
         self.storage_options = remote.storage_options
         self.prefix = prefix
         self._directory = directory
-        cut = len(prefix)
-        self._rows = {name[cut:]: row for row, name in enumerate(directory.names) if name.startswith(prefix) and not is_ignored(name)}
         stem = self.url.rstrip("/").rsplit("/", 1)[-1].removesuffix(".zip")
         self.name = prefix.rstrip("/").rsplit("/", 1)[-1] if prefix else stem
 
@@ -404,20 +402,13 @@ class RemoteZipSource:
         return f"RemoteZipSource({self.url!r}, prefix={self.prefix!r})"
 
     def listing(self) -> dict[str, list[str]]:
-        listing = group_by_folder(self._rows)
-        for folder in self._directory.folders:
-            if folder.startswith(self.prefix) and folder.endswith(".npy/") and not is_ignored(folder):
-                listing.setdefault(folder[len(self.prefix) :].rstrip("/"), [])
-        return listing
+        return self._directory.listing(self.prefix)
 
     def label(self, relative: str) -> str:
         return f"{self.url}::{self.prefix}{relative}"
 
     def _table(self, relatives: Sequence[str]) -> MemberTable:
-        missing = next((relative for relative in relatives if relative not in self._rows), None)
-        if missing is not None:
-            raise ScanError(self.label(missing), "missing from the archive")
-        table = self._directory.table.take([self._rows[relative] for relative in relatives])
+        table = self._directory.table.take(self._directory.rows_in(self.prefix, relatives, self.label))
         table.check(lambda row: self.label(relatives[row]), self._directory.data_end)
         return table
 
@@ -437,8 +428,11 @@ class RemoteZipSource:
         return RemoteZipSource(self.remote, prefix=self.prefix + folder.rstrip("/") + "/", directory=self._directory)
 
     def numbered(self, directory: str, count: int, suffix: str) -> RemoteZipMembers:
-        table = self._table([f"{directory}/{number}{suffix}" for number in range(count)])
-        return RemoteZipMembers(self.remote, member_template(self.prefix, directory, suffix), table)
+        template = member_template(self.prefix, directory, suffix)
+        rows = self._directory.numbered_rows(self.prefix + directory, count, suffix, lambda name: f"{self.url}::{name}")
+        table = self._directory.table.take(rows)
+        table.check(lambda index: f"{self.url}::{template.format(index)}", self._directory.data_end)
+        return RemoteZipMembers(self.remote, template, table)
 
 
 def _open_archive(remote: Remote) -> tuple[Remote, Directory]:

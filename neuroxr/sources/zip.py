@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import Buffers, group_by_folder, is_ignored, limit_to, read_whole, total_bytes
+from neuroxr.sources.base import Buffers, limit_to, read_whole, total_bytes
 from neuroxr.sources.folder import os_error
 from neuroxr.sources.zipmember import (
     Directory,
@@ -116,7 +116,6 @@ class ZipSource:
         self.prefix = prefix
         self._directory = open_directory(self.archive) if directory is None else directory
         self.name = prefix.rstrip("/").rsplit("/", 1)[-1] if prefix else Path(archive).stem
-        self._rows: dict[str, int] | None = None
 
     def __repr__(self) -> str:
         return f"ZipSource({self.archive!r}, prefix={self.prefix!r})"
@@ -124,44 +123,26 @@ class ZipSource:
     def __getstate__(self) -> dict[str, object]:
         raise TypeError("a ZipSource is not sent to workers; its numbered members are")
 
-    @property
-    def rows(self) -> dict[str, int]:
-        """Each member under the prefix (relative name) and its row in the directory; clutter left out."""
-        if self._rows is None:
-            prefix, cut = self.prefix, len(self.prefix)
-            self._rows = {
-                name[cut:]: row
-                for row, name in enumerate(self._directory.names)
-                if name.startswith(prefix) and not is_ignored(name)
-            }
-        return self._rows
-
     def listing(self) -> dict[str, list[str]]:
         """Every member, by folder; a folder entry named like a file (``x.npy/``) is listed, even empty, so the layout can refuse it."""
-        listing = group_by_folder(self.rows)
-        for folder in self._directory.folders:
-            if folder.startswith(self.prefix) and folder.endswith(".npy/") and not is_ignored(folder):
-                listing.setdefault(folder[len(self.prefix) :].rstrip("/"), [])
-        return listing
+        return self._directory.listing(self.prefix)
 
     def label(self, relative: str) -> str:
         return f"{self.archive}::{self.prefix}{relative}"
 
-    def _table(self, relatives: Sequence[str]) -> MemberTable:
-        """The checked table of some members (missing ones and what no read could verify refused, naming them)."""
-        rows = self.rows
-        missing = next((relative for relative in relatives if relative not in rows), None)
-        if missing is not None:
-            raise ScanError(self.label(missing), "missing from the archive")
-        table = self._directory.table.take(np.fromiter((rows[r] for r in relatives), np.int64, len(relatives)))
-        table.check(lambda row: self.label(relatives[row]), self._directory.data_end)
+    def _checked(self, rows: np.ndarray, label: Callable[[int], str]) -> MemberTable:
+        """The table of ``rows``, refusing (named by ``label(index)``) what no read could verify."""
+        table = self._directory.table.take(rows)
+        table.check(label, self._directory.data_end)
         return table
 
     def read(self, relative: str) -> bytes | bytearray | memoryview:
         return self.read_many([relative])[0]
 
     def read_many(self, relatives: Sequence[str]) -> list[bytes | bytearray | memoryview]:
-        members = _Members(self.archive, [self.label(relative) for relative in relatives], self._table(relatives))
+        rows = self._directory.rows_in(self.prefix, relatives, self.label)
+        table = self._checked(rows, lambda index: self.label(relatives[index]))
+        members = _Members(self.archive, [self.label(relative) for relative in relatives], table)
         return [members.read(number) for number in range(len(relatives))]
 
     def within(self, folder: str) -> ZipSource:
@@ -170,8 +151,10 @@ class ZipSource:
         return ZipSource(self.archive, self.prefix + folder.rstrip("/") + "/", self._directory)
 
     def numbered(self, directory: str, count: int, suffix: str) -> ZipMembers:
-        table = self._table([f"{directory}/{number}{suffix}" for number in range(count)])
-        return ZipMembers(self.archive, member_template(self.prefix, directory, suffix), table)
+        template = member_template(self.prefix, directory, suffix)
+        rows = self._directory.numbered_rows(self.prefix + directory, count, suffix, lambda name: f"{self.archive}::{name}")
+        table = self._checked(rows, lambda index: f"{self.archive}::{template.format(index)}")
+        return ZipMembers(self.archive, template, table)
 
 
 class _Members(ZipMembers):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bz2
 import lzma
+import re
 import struct
 import zipfile
 import zlib
@@ -29,7 +30,7 @@ import deflate
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import Buffers, copy_into
+from neuroxr.sources.base import Buffers, copy_into, is_ignored
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -139,25 +140,43 @@ def _unpack_table(packed: bytes, rows: int, dtypes: tuple[str, ...]) -> MemberTa
 
 @dataclass(frozen=True)
 class Directory:
-    """An archive's central directory: the file members' names and their table, row for row."""
+    """An archive's central directory: its file members' table, and where each is by folder."""
 
-    names: list[str]
     table: MemberTable
+    #: ``{folder: {file name: row of the table}}``, archive clutter left out; a folder entry named like a
+    #: file (``x.npy/``) is kept, even empty, for the layout to refuse
+    tree: dict[str, dict[str, int]]
     data_end: int  #: where the members' data must end (the start of the central directory)
-    folders: tuple[str, ...] = ()  #: the directory entries (names ending in ``/``)
 
-    def rows(self, names: Sequence[str]) -> np.ndarray:
-        """The table rows of ``names``."""
-        index = self._index
-        return np.fromiter((index[name] for name in names), dtype=np.int64, count=len(names))
+    def listing(self, prefix: str) -> dict[str, list[str]]:
+        """The members under ``prefix`` (``""`` or ``"folder/"``) as ``{folder: [file names]}``, relative to it."""
+        top = prefix.rstrip("/")
+        found = {}
+        for folder, files in self.tree.items():
+            if folder == top:
+                found[""] = list(files)
+            elif folder.startswith(prefix) or not prefix:
+                found[folder[len(prefix) :]] = list(files)
+        return found
 
-    @property
-    def _index(self) -> dict[str, int]:
-        index = self.__dict__.get("_index_cache")
-        if index is None:
-            index = {name: row for row, name in enumerate(self.names)}
-            object.__setattr__(self, "_index_cache", index)
-        return index
+    def rows_in(self, prefix: str, relatives: Sequence[str], label: Callable[[str], str]) -> np.ndarray:
+        """The rows of the members ``prefix + relative``; a missing one is refused, named by ``label``."""
+        tree, rows = self.tree, np.empty(len(relatives), dtype=np.int64)
+        for index, relative in enumerate(relatives):
+            folder, _, file = (prefix + relative).rpartition("/")
+            row = tree.get(folder, {}).get(file)
+            if row is None:
+                raise ScanError(label(relative), "missing from the archive")
+            rows[index] = row
+        return rows
+
+    def numbered_rows(self, folder: str, count: int, suffix: str, label: Callable[[str], str]) -> np.ndarray:
+        """The rows of ``folder/0{suffix}`` .. ``folder/{count-1}{suffix}``."""
+        files = self.tree.get(folder, {})
+        try:
+            return np.fromiter((files[f"{number}{suffix}"] for number in range(count)), dtype=np.int64, count=count)
+        except KeyError as error:
+            raise ScanError(label(f"{folder}/{error.args[0]}"), "missing from the archive") from None
 
 
 def member_template(prefix: str, directory: str, suffix: str) -> str:
@@ -221,63 +240,110 @@ def _find_end(tail: bytes) -> int | None:
     return None
 
 
+#: The fixed part of a central directory entry, as numpy reads all of them at once.
+_CENTRAL_FIELDS = np.dtype([
+    ("signature", "S4"), ("made_by", "<u2"), ("needed", "<u2"), ("flags", "<u2"), ("method", "<u2"),
+    ("time", "<u2"), ("date", "<u2"), ("crc", "<u4"), ("compressed", "<u4"), ("size", "<u4"),
+    ("name_length", "<u2"), ("extra_length", "<u2"), ("comment_length", "<u2"), ("disk", "<u2"),
+    ("internal", "<u2"), ("external", "<u4"), ("offset", "<u4"),
+])  # fmt: skip
+_ENTRY_LENGTHS = struct.Struct("<4s24xHHH")
+
+
 def _parse_central(central: bytes, entries: int, concat: int, data_end: int, label: str) -> Directory:
-    """The file members of a central directory, as names and a table."""
-    names: list[str] = []
-    folders: list[str] = []
-    columns: list[list[int]] = [[] for _ in range(8)]
-    offsets, compressed, sizes, methods, flags, name_lengths, name_crcs, crcs = columns
-    unpack, entry_size, at, found = _CENTRAL.unpack_from, _CENTRAL.size, 0, 0
-    total = len(central)
+    """The file members of a central directory, as a table and a tree of names.
+
+    Numpy reads the fixed fields of every entry at once, so a 28,000-member directory parses in
+    milliseconds; one loop in Python then decodes the names into the tree.
+    """
+    starts = _entry_starts(central, label)
+    if len(starts) != entries:
+        raise ScanError(label, f"not a readable zip archive (the directory lists {len(starts)} entries, its end record {entries})")
+    entry_size = _CENTRAL.size
+    raw = np.frombuffer(central, dtype=np.uint8)
+    fields = raw[starts[:, None] + np.arange(entry_size)].view(_CENTRAL_FIELDS).ravel()
+    if len(fields) and int(fields["needed"].max()) > MAX_EXTRACT_VERSION:
+        needed = int(fields["needed"].max())
+        raise ScanError(label, f"not a readable zip archive (an entry needs zip version {needed / 10:.1f}, more than 6.3)")
+    sizes, compressed, offsets = (fields[name].astype(np.int64) for name in ("size", "compressed", "offset"))
+    name_lengths = fields["name_length"].astype(np.int64)
+    name_starts = (starts + entry_size).tolist()
     try:
-        while at + entry_size <= total:
-            (signature, _, _, needed, _, flag, method, _, _, crc, packed, size, name_length, extra_length,
-             comment_length, _, _, _, offset) = unpack(central, at)  # fmt: skip
-            if signature != _CENTRAL_SIGNATURE:
-                break
-            if needed > MAX_EXTRACT_VERSION:
-                raise ScanError(label, f"not a readable zip archive (an entry needs zip version {needed / 10:.1f}, more than 6.3)")
-            start = at + entry_size
-            raw_name = central[start : start + name_length]
-            at = start + name_length + extra_length + comment_length
-            if at > total:
-                raise ScanError(label, "not a readable zip archive (a central directory entry runs past its end)")
-            found += 1
-            if extra_length:
-                extra = central[start + name_length : start + name_length + extra_length]
-                _check_extra(extra)
-                if 0xFFFFFFFF in (packed, size, offset):
-                    size, packed, offset = _zip64_sizes(extra, size, packed, offset)
-            elif 0xFFFFFFFF in (packed, size, offset):
-                raise struct.error("a zip64 member without its zip64 extra field")
-            name = raw_name.decode("utf-8" if flag & _UTF8 else "cp437")
+        for row in np.flatnonzero(fields["extra_length"]).tolist():
+            name_end = name_starts[row] + int(name_lengths[row])
+            extra = central[name_end : name_end + int(fields["extra_length"][row])]
+            _check_extra(extra)
+            if 0xFFFFFFFF in (sizes[row], compressed[row], offsets[row]):
+                sizes[row], compressed[row], offsets[row] = _zip64_sizes(extra, int(sizes[row]), int(compressed[row]), int(offsets[row]))
+        if np.any(((sizes == 0xFFFFFFFF) | (compressed == 0xFFFFFFFF) | (offsets == 0xFFFFFFFF)) & (fields["extra_length"] == 0)):
+            raise struct.error("a zip64 member without its zip64 extra field")
+        tree: dict[str, dict[str, int]] = {}
+        keep, name_crcs = [], []
+        utf8 = (fields["flags"] & _UTF8).tolist()
+        for row, (start, length) in enumerate(zip(name_starts, name_lengths.tolist())):
+            raw_name = central[start : start + length]
+            name = _decode_name(raw_name, utf8[row])
             if name.endswith("/"):
-                folders.append(name)
+                if name.endswith(".npy/") and not is_ignored(name):
+                    tree.setdefault(name[:-1], {})
                 continue
-            names.append(name)
-            offsets.append(offset + concat)
-            compressed.append(packed)
-            sizes.append(size)
-            methods.append(method)
-            flags.append(flag)
-            name_lengths.append(name_length)
+            if not is_ignored(name):
+                folder, _, file = name.rpartition("/")
+                tree.setdefault(folder, {})[file] = len(keep)
+            keep.append(row)
             name_crcs.append(zlib.crc32(raw_name))
-            crcs.append(crc)
     except (struct.error, UnicodeDecodeError) as error:
         raise ScanError(label, f"not a readable zip archive ({error})") from error
-    if found != entries:
-        raise ScanError(label, f"not a readable zip archive (the directory lists {found} entries, its end record {entries})")
+    kept = np.asarray(keep, dtype=np.int64)
     table = MemberTable(
-        offsets=np.array(offsets, dtype=np.int64),
-        compressed=np.array(compressed, dtype=np.int64),
-        sizes=np.array(sizes, dtype=np.int64),
-        methods=np.array(methods, dtype=np.int16),
-        flags=np.array(flags, dtype=np.uint16),
-        name_lengths=np.array(name_lengths, dtype=np.int32),
-        name_crcs=np.array(name_crcs, dtype=np.uint32),
-        crcs=np.array(crcs, dtype=np.uint32),
+        offsets=offsets[kept] + concat,
+        compressed=compressed[kept],
+        sizes=sizes[kept],
+        methods=fields["method"][kept].astype(np.int16),
+        flags=fields["flags"][kept].astype(np.uint16),
+        name_lengths=name_lengths[kept].astype(np.int32),
+        name_crcs=np.asarray(name_crcs, dtype=np.uint32),
+        crcs=fields["crc"][kept].astype(np.uint32),
     )
-    return Directory(names, table, data_end, tuple(folders))
+    return Directory(table, tree, data_end)
+
+
+def _entry_starts(central: bytes, label: str) -> np.ndarray:
+    """Where each entry of a central directory starts.
+
+    The entries' signatures are found all at once and accepted if each entry's lengths lead exactly
+    to the next one and the last to the end; otherwise (a signature inside a name or comment) the
+    entries are walked one by one.
+    """
+    entry_size = _CENTRAL.size
+    candidates = np.array([match.start() for match in re.finditer(re.escape(_CENTRAL_SIGNATURE), central)], dtype=np.int64)
+    candidates = candidates[candidates + entry_size <= len(central)]
+    if len(candidates) and candidates[0] == 0:
+        raw = np.frombuffer(central, dtype=np.uint8)
+        lengths = raw[candidates[:, None] + np.arange(28, 34)].copy().view("<u2").astype(np.int64)
+        following = candidates + entry_size + lengths.sum(axis=1)
+        if np.array_equal(following[:-1], candidates[1:]) and following[-1] == len(central):
+            return candidates
+    starts: list[int] = []
+    unpack, at, total = _ENTRY_LENGTHS.unpack_from, 0, len(central)
+    while at + entry_size <= total:
+        signature, name_length, extra_length, comment_length = unpack(central, at)
+        if signature != _CENTRAL_SIGNATURE:
+            break
+        starts.append(at)
+        at += entry_size + name_length + extra_length + comment_length
+    if at != total:
+        problem = "an entry runs past its end" if at > total else f"{total - at} bytes after its last entry are no entry"
+        raise ScanError(label, f"not a readable zip archive (the central directory is corrupt: {problem})")
+    return np.asarray(starts, dtype=np.int64)
+
+
+def _decode_name(raw: bytes, utf8: int) -> str:
+    """A member's name: UTF-8 where its flag says so, else code page 437 (plain ASCII either way, nearly always)."""
+    try:
+        return raw.decode("ascii")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8" if utf8 else "cp437")
 
 
 def _check_extra(extra: bytes) -> None:
