@@ -33,6 +33,7 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         "mask_withheld",
         "trials_per_chunk",
         "storage_options",
+        "n_frames_from",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -43,14 +44,16 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         mask_withheld: bool = True,
         trials_per_chunk: int | None = None,
         storage_options: dict[str, Any] | None = None,
+        n_frames_from: str | None = None,
     ) -> xr.Dataset:
         """Open a scan; ``trials_per_chunk`` sets the preferred dask chunk along ``trial`` (default ~64 MB).
 
-        ``storage_options`` go to fsspec when ``filename_or_obj`` is a URL.
+        ``storage_options`` go to fsspec when ``filename_or_obj`` is a URL. ``n_frames_from`` names
+        the variable a video scan's trial lengths are read from (see ``neuroxr.open_scan``).
         """
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]
-        layout = read_layout(os.fspath(filename_or_obj), storage_options)
+        layout = read_layout(os.fspath(filename_or_obj), storage_options, n_frames_from=n_frames_from)
         return build_dataset(
             layout, drop_variables=drop_variables, mask_withheld=mask_withheld, trials_per_chunk=trials_per_chunk
         )

@@ -79,20 +79,24 @@ def _validate(args: argparse.Namespace) -> int:
     from neuroxr.layout.check import check_files
 
     try:
-        layout = read_layout(args.path)
-    except ScanError as error:
+        layout = read_layout(args.path, strict=False)  # every structural problem, not only the first
+    except ScanError as error:  # not a scan at all
         _print(f"problem: {error}")
         return 1
     total = layout.n_trials * len(layout.variables)
-    problems = []
+    problems = list(layout.problems)
     with tqdm(total=total, unit="file", desc="checking", disable=args.quiet, file=sys.stderr) as bar:
         for problem in check_files(layout, progress=bar.update):
             problems.append(problem)
     for problem in problems:
         _print(f"problem: {problem}")
     verdict = "ok" if not problems else f"{len(problems)} problem{'s' * (len(problems) > 1)}"
+    frames = ""
+    if layout.n_frames is not None:
+        lengths = layout.n_frames.values
+        frames = f", {int(lengths.min())}-{int(lengths.max())} frames per trial"
     _print(
-        f"{layout.source.name}: {total} trial files in {len(layout.variables)} variables, "
+        f"{layout.source.name}: a {layout.kind.name} scan, {total} trial files in {len(layout.variables)} variables{frames}, "
         f"{len(layout.trials)} trial and {len(layout.neurons)} neuron meta arrays: {verdict}"
     )
     return 1 if problems else 0

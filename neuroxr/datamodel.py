@@ -7,7 +7,8 @@ It imports nothing heavy and knows nothing about any file format.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 #: Dimension names used everywhere.
 TRIAL = "trial"
@@ -52,6 +53,8 @@ NEURON_INDEX_FILE = "unit_ids"
 TRIAL_CLASH_PREFIX = "trial_"
 #: Coordinates that mirror a release file carry that file's path (relative to the scan) here.
 FILE_ATTR = "sensorium_file"
+#: Statistics files stored in another dtype than their variable: ``["<subset>/<statistic>=<dtype>", ...]``.
+FILE_DTYPES_ATTR = "sensorium_file_dtypes"
 
 #: Withheld data (see DESIGN.md): tiers whose responses the competition scans withhold.
 WITHHELD_TIERS = ("test", "final_test")
@@ -100,3 +103,129 @@ def withheld_variables(attrs: Mapping[str, object]) -> set[str]:
     value = attrs.get(WITHHELD_ATTR) or ""
     parts = value.split(",") if isinstance(value, str) else [str(part) for part in value]  # type: ignore[union-attr]
     return {part.strip() for part in parts if part.strip()}
+
+
+# ----------------------------------------------------------------------------------------------
+# Release kinds: what differs between the 2022 static-image and the 2023 video scans, as data.
+#
+# Every step (layout, lazy arrays, the builder, the sinks, analysis) reads the differences from the
+# kind of the scan at hand; there is no second reader. DESIGN.md ("Dynamic scans") is the contract.
+
+#: The time dimension of the 2023 scans and its coordinate in seconds from trial start.
+FRAME = "frame"
+TIME = "time"
+#: The trial-length coordinate of a video scan and the Dataset attribute holding its frame rate.
+N_FRAMES = "n_frames"
+FRAME_RATE_ATTR = "frame_rate"
+N_FRAMES_LONG_NAME = "frames of the trial before its padding: the index of its video's first NaN frame"
+
+#: How a kind tells the trials whose responses the release withholds (see ``dataset.withheld_trials``).
+WITHHELD_IN_COMPETITION_SCANS = "competition scans"  # hashed trial_idx or a final_test tier (2022)
+WITHHELD_WHERE_STORED_ZEROS = "stored zeros"  # a withheld tier whose first trial holds only zeros (and NaN padding)
+
+
+@dataclass(frozen=True)
+class ReleaseKind:
+    """One kind of Sensorium scan: its variables and their per-trial dims, tiers, withheld rule and time axis.
+
+    >>> DYNAMIC.data_dims["videos"], DYNAMIC.time_dim, STATIC.time_dim
+    (('y', 'x', 'frame'), 'frame', None)
+    """
+
+    name: str  #: "static" or "dynamic"
+    format: str  #: ``attrs["format"]`` of its Datasets
+    stimulus: str  #: its stimulus variable; ``data/<stimulus>`` is the folder that marks the kind
+    data_dims: Mapping[str, tuple[str, ...]]  #: per-trial dims in stored axis order, variables in release order
+    labels: Mapping[str, tuple[str, ...]]  #: label coordinates of the small fixed dims
+    tiers: tuple[str, ...]  #: tier values as stored, in the order they are shown
+    withheld_tiers: tuple[str, ...]  #: tiers whose responses the release may withhold
+    withheld_rule: str  #: which trials of those tiers are withheld (one of the WITHHELD_* rules above)
+    name_prefix: str  #: release folder names start with it: ``static21067-...``, ``dynamic29156-...``
+    name_tag: str  #: and carry it after the scan key: ``-GrayImageNet-``, ``-Video-``
+    frame_rate: float | None = None  #: Hz of the time axis (last in every per-trial array); None: no time axis
+    #: Per-trial variables whose row 0 is NaN from the trial's end on, like the video, in order of preference:
+    #: ``n_frames`` is read from the first one present (a few kB per trial) and checked when a video is read.
+    frame_count_sources: tuple[str, ...] = ()
+    #: Whether the stimulus statistics are one number over every value (2022) or one per element (2023).
+    stimulus_statistics_per_element: bool = False
+
+    @property
+    def data_variables(self) -> tuple[str, ...]:
+        return tuple(self.data_dims)
+
+    @property
+    def time_dim(self) -> str | None:
+        return FRAME if self.frame_rate is not None else None
+
+
+STATIC = ReleaseKind(
+    name="static",
+    format=FORMAT,
+    stimulus="images",
+    data_dims=DATA_DIMS,
+    labels=LABELS,
+    tiers=("train", "validation", "test", "final_test"),
+    withheld_tiers=WITHHELD_TIERS,
+    withheld_rule=WITHHELD_IN_COMPETITION_SCANS,
+    name_prefix="static",
+    name_tag="GrayImageNet",
+)
+
+DYNAMIC = ReleaseKind(
+    name="dynamic",
+    format="sensorium-2023-dynamic",
+    stimulus="videos",
+    data_dims={
+        "videos": ("y", "x", FRAME),
+        "responses": (NEURON, FRAME),
+        "behavior": ("behavior_variable", FRAME),
+        "pupil_center": ("pupil_axis", FRAME),
+    },
+    labels={"behavior_variable": ("pupil_dilation", "running_speed"), "pupil_axis": PUPIL_AXES, "space": SPACE_AXES},
+    tiers=("train", "oracle", "live_test_main", "live_test_bonus", "final_test_main", "final_test_bonus", "none"),
+    withheld_tiers=("live_test_main", "live_test_bonus", "final_test_main", "final_test_bonus"),
+    withheld_rule=WITHHELD_WHERE_STORED_ZEROS,
+    name_prefix="dynamic",
+    name_tag="Video",
+    frame_rate=30.0,
+    frame_count_sources=("behavior", "pupil_center", "videos"),
+    stimulus_statistics_per_element=True,
+)
+
+#: Every kind, by name.
+KINDS: dict[str, ReleaseKind] = {kind.name: kind for kind in (STATIC, DYNAMIC)}
+
+#: Long names of the variables only video scans have.
+LONG_NAMES_DYNAMIC = {
+    "videos": "grey level of the video frame shown (NaN after the trial's end)",
+    "responses": "deconvolved calcium activity at each video frame",
+    "behavior": "pupil dilation and running speed at each video frame",
+    "pupil_center": "pupil centre position (horizontal, vertical) at each video frame",
+}
+
+
+def kind_of(names: Iterable[str], attrs: Mapping[str, object] | None = None) -> ReleaseKind:
+    """The kind of a Dataset from its ``format`` attribute, else from its variable and dimension ``names``.
+
+    >>> kind_of(["responses"], {"format": "sensorium-2023-dynamic"}).name, kind_of(["images", "trial"]).name
+    ('dynamic', 'static')
+    """
+    found = str((attrs or {}).get("format", ""))
+    for kind in KINDS.values():
+        if found == kind.format:
+            return kind
+    names = set(names)
+    return DYNAMIC if DYNAMIC.stimulus in names or FRAME in names else STATIC
+
+
+def kind_from_name(release_name: str) -> ReleaseKind | None:
+    """The kind a release folder name suggests (a hint only: the contents decide), or None.
+
+    >>> kind_from_name("dynamic29156-11-10-Video-8744edeac3b4d1ce16b680916b5267ce").name
+    'dynamic'
+    """
+    for kind in KINDS.values():
+        if release_name.startswith(kind.name_prefix) or f"-{kind.name_tag}-" in release_name:
+            return kind
+    return None
+

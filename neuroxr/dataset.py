@@ -1,15 +1,16 @@
-"""Step 4 of the read path: the one builder of the data-model Dataset.
+"""Step 4 of the read path: the one builder of the data-model Dataset, for both kinds of scan.
 
-:func:`assemble` names a scan's parts as DESIGN.md says; :func:`build_dataset` hands it a
-:class:`~neuroxr.layout.ScanLayout` (lazily indexed data variables, no dask), and the synthetic scans
-hand it their generated parts. The xarray backend (``engine="sensorium"``) returns the result as it
-is; ``neuroxr.open_scan`` adds dask chunks of whole trial blocks.
+:func:`assemble` names a scan's parts as DESIGN.md says, reading what differs between a 2022 image
+scan and a 2023 video scan from its :class:`~neuroxr.datamodel.ReleaseKind`; :func:`build_dataset`
+hands it a :class:`~neuroxr.layout.ScanLayout` (lazily indexed data variables, no dask), and the
+synthetic scans hand it their generated parts. The xarray backend (``engine="sensorium"``) returns
+the result as it is; ``neuroxr.open_scan`` adds dask chunks of whole trial blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,18 +18,23 @@ import xarray as xr
 from xarray.core import indexing
 
 from neuroxr import chunking, datamodel
-from neuroxr.errors import ScanError
-from neuroxr.layout import ScanLayout
-from neuroxr.lazy import TrialReader, TrialStackArray
+from neuroxr.layout import ScanLayout, stored_std_all_zero
+from neuroxr.layout.frames import FrameCountCheck, FrameCounts
+from neuroxr.layout.withheld import StoredZerosCheck, holds_only_zeros
+from neuroxr.lazy import BlockCheck, TrialReader, TrialStackArray
 
 
-def _data_dims(name: str, shape: tuple[int, ...]) -> tuple[str, ...]:
-    known = datamodel.DATA_DIMS.get(name)
+def _data_dims(kind: datamodel.ReleaseKind, name: str, shape: tuple[int, ...], n_frames: int | None) -> tuple[str, ...]:
+    """Per-trial dims in stored order: the kind's, else generic ones (a trailing time axis is ``frame``)."""
+    known = kind.data_dims.get(name)
     if name == "images" and len(shape) == 2:
         known = ("y", "x")
     if known is not None and len(known) == len(shape):
         return known
-    return tuple(f"{name}_dim_{axis}" for axis in range(1, len(shape) + 1))
+    dims = [f"{name}_dim_{axis}" for axis in range(1, len(shape) + 1)]
+    if kind.time_dim is not None and shape and shape[-1] == n_frames:
+        dims[-1] = kind.time_dim
+    return tuple(dims)
 
 
 def _competition(layout: ScanLayout) -> bool:
@@ -40,23 +46,38 @@ def _competition(layout: ScanLayout) -> bool:
 
 
 def withheld_trials(layout: ScanLayout) -> np.ndarray:
-    """Trials whose responses the release withholds (zeros on disk)."""
+    """Trials whose responses the release withholds (zeros on disk), by the rule of the scan's kind.
+
+    2022: the test and final_test trials of a competition scan. 2023: the trials of each test tier
+    whose first trial holds only zeros (and NaN padding); the others are checked as they are read.
+    """
+    none = np.zeros(layout.n_trials, dtype=bool)
     tiers = layout.trials.get("tiers")
-    if tiers is None or not _competition(layout):
-        return np.zeros(layout.n_trials, dtype=bool)
-    return np.isin(tiers.astype(str), datamodel.WITHHELD_TIERS)
+    if tiers is None:
+        return none
+    tiers = tiers.astype(str)
+    candidates = np.isin(tiers, layout.kind.withheld_tiers)
+    if layout.kind.withheld_rule == datamodel.WITHHELD_IN_COMPETITION_SCANS:
+        return candidates if _competition(layout) else none
+    if "responses" not in layout.variables:
+        return candidates
+    withheld = none.copy()
+    for tier in np.unique(tiers[candidates]).tolist():
+        rows = tiers == tier
+        if holds_only_zeros(layout.read_trial("responses", int(np.argmax(rows)))):
+            withheld |= rows
+    return withheld
 
 
 def wholly_withheld(layout: ScanLayout, variable: str) -> bool:
     """A variable the release zeroes for every trial: its stored std is all zero."""
-    std = layout.statistics.get(variable, {}).get(datamodel.MAIN_SUBSET, {}).get("std")
-    return std is not None and std.size > 0 and bool(np.all(std == 0))
+    return stored_std_all_zero(layout.statistics, variable)
 
 
-def _label_coords(dims: Iterable[str], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
+def _label_coords(kind: datamodel.ReleaseKind, dims: Iterable[str], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
     coords = {}
     for dim in dims:
-        labels = datamodel.LABELS.get(dim)
+        labels = kind.labels.get(dim)
         if labels is not None and len(labels) == sizes[dim]:
             coords[dim] = np.array(labels)
         elif dim in ("channel", "y", "x"):
@@ -88,18 +109,44 @@ class StatisticsTable:
     subsets: list[str]
     statistics: list[str]
     values: Any  #: a numpy array, or a lazily indexed array (xarray's ``LazilyIndexedArray``)
+    #: ``"<subset>/<statistic>"`` -> dtype of the files stored in another dtype than ``values`` (written back so)
+    file_dtypes: Mapping[str, str] = field(default_factory=dict)
+
+
+def statistics_dims(
+    name: str, trailing: tuple[int, ...], per_trial_dims: tuple[str, ...], per_trial_shape: tuple[int, ...]
+) -> tuple[str, ...]:
+    """The dims of stored statistics of shape ``trailing`` of a variable whose trials have ``per_trial_shape``.
+
+    In this order: the trial's own shape; its leading axes (a per-neuron std of (neuron, frame)
+    responses); its trailing axes as numpy broadcasting aligns them (how the official normaliser
+    applies statistics), a size-1 axis getting a dim of its own; the trial's axes but for a time
+    axis of another length (``<name>_statistics_frame``); else dims of their own.
+
+    >>> statistics_dims("responses", (8, 1), ("neuron", "frame"), (8, 300))
+    ('neuron', 'responses_statistics_dim_2')
+    >>> statistics_dims("responses", (8, 290), ("neuron", "frame"), (8, 300))
+    ('neuron', 'responses_statistics_frame')
+    """
+    own = tuple(f"{name}_statistics_dim_{axis}" for axis in range(1, len(trailing) + 1))
+    k = len(trailing)
+    if trailing == per_trial_shape[:k]:
+        return per_trial_dims[:k]
+    if 0 < k <= len(per_trial_shape):
+        tail = per_trial_shape[-k:]
+        if all(size in (1, wanted) for size, wanted in zip(trailing, tail)):
+            return tuple(dim if size == wanted else mine for size, wanted, dim, mine in zip(trailing, tail, per_trial_dims[-k:], own))
+    if per_trial_dims and per_trial_dims[-1] == datamodel.FRAME and k == len(per_trial_shape) and trailing[:-1] == per_trial_shape[:-1]:
+        return (*per_trial_dims[:-1], f"{name}_statistics_{datamodel.FRAME}")
+    return own
 
 
 def _statistics_variable(name: str, table: StatisticsTable, per_trial_dims: tuple[str, ...], per_trial_shape: tuple[int, ...]) -> xr.Variable:
     """``<name>_statistics`` with dims (subset, statistic, ...): trailing dims follow the stored shape."""
-    trailing = tuple(table.values.shape[2:])
-    if trailing == per_trial_shape:
-        dims = per_trial_dims
-    elif trailing == per_trial_shape[:1] and per_trial_dims:
-        dims = per_trial_dims[:1]
-    else:
-        dims = tuple(f"{name}_statistics_dim_{axis}" for axis in range(1, len(trailing) + 1))
+    dims = statistics_dims(name, tuple(table.values.shape[2:]), per_trial_dims, per_trial_shape)
     attrs = datamodel.file_attrs(f"{datamodel.STATISTICS_DIR}/{name}")
+    if table.file_dtypes:
+        attrs[datamodel.FILE_DTYPES_ATTR] = [f"{file}={dtype}" for file, dtype in table.file_dtypes.items()]
     return xr.Variable(("subset", "statistic", *dims), table.values, attrs)
 
 
@@ -112,6 +159,8 @@ def assemble(
     responses_withheld: np.ndarray,
     attrs: Mapping[str, Any],
     trials_per_chunk: int | None = None,
+    kind: datamodel.ReleaseKind = datamodel.STATIC,
+    n_frames: FrameCounts | None = None,
 ) -> xr.Dataset:
     """The data-model Dataset from a scan's parts, named as DESIGN.md says; the one builder of it.
 
@@ -119,20 +168,24 @@ def assemble(
     ``trial_meta`` and ``neuron_meta`` map the ``meta/trials`` and ``meta/neurons`` file stems to their
     arrays (``unit_ids`` among the latter); ``statistics`` maps a data variable to its
     :class:`StatisticsTable`. ``attrs`` are the Dataset attributes (``scan``, ``release_name``,
-    ``withheld``), completed with ``format``. ``trials_per_chunk`` is the preferred dask chunk.
-    Both ``open_scan`` (through :func:`build_dataset`) and the synthetic scans build their Dataset here.
+    ``withheld``), completed with ``format`` (and ``frame_rate`` for a video scan). ``kind`` says
+    which release the parts are from; ``n_frames`` are a video scan's trial lengths.
+    ``trials_per_chunk`` is the preferred dask chunk. Both ``open_scan`` (through
+    :func:`build_dataset`) and the synthetic scans build their Dataset here.
     """
     data_vars: dict[str, xr.Variable] = {}
     sizes: dict[str, int] = {datamodel.TRIAL: len(responses_withheld)}
     per_trial: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+    padded = next((int(array.shape[-1]) for name, array in data.items() if kind.data_dims.get(name, ())[-1:] == (kind.time_dim,)), None)
+    long_names = datamodel.LONG_NAMES_DYNAMIC if kind.time_dim else datamodel.LONG_NAMES
     for name, array in data.items():
         shape = tuple(int(size) for size in array.shape[1:])
-        dims = _data_dims(name, shape)
+        dims = _data_dims(kind, name, shape, padded)
         per_trial[name] = (dims, shape)
         sizes.update(zip(dims, shape))
         variable_attrs = datamodel.file_attrs(f"{datamodel.DATA_DIR}/{name}")
-        if name in datamodel.LONG_NAMES:
-            variable_attrs = {"long_name": datamodel.LONG_NAMES[name], **variable_attrs}
+        if name in long_names:
+            variable_attrs = {"long_name": long_names[name], **variable_attrs}
         encoding = {"preferred_chunks": {datamodel.TRIAL: trials_per_chunk}} if trials_per_chunk else {}
         data_vars[name] = xr.Variable((datamodel.TRIAL, *dims), array, variable_attrs, encoding=encoding)
 
@@ -140,13 +193,20 @@ def assemble(
     unit_ids = neurons.pop(datamodel.NEURON_INDEX_FILE)
     sizes[datamodel.NEURON] = len(unit_ids)
     neuron_coords = _meta_coords(datamodel.NEURONS_DIR, neurons, datamodel.NEURON, datamodel.NEURON_RENAMES, set())
-    taken = set(neuron_coords) | set(data_vars) | set(datamodel.DATA_VARIABLES) | set(sizes) | {"subset", "statistic", "space"}
+    derived = {datamodel.WITHHELD_COORD, datamodel.N_FRAMES, datamodel.TIME}
+    taken = set(neuron_coords) | set(data_vars) | set(kind.data_variables) | set(sizes) | {"subset", "statistic", "space"} | derived
     rest = dict(trial_meta)
     first = {stem: rest.pop(stem) for stem in ("tiers", "frame_image_id", "trial_idx") if stem in rest}
     trial_coords = _meta_coords(datamodel.TRIALS_DIR, {**first, **rest}, datamodel.TRIAL, datamodel.TRIAL_RENAMES, taken)
     trial_coords[datamodel.WITHHELD_COORD] = xr.Variable(
         datamodel.TRIAL, np.asarray(responses_withheld, dtype=bool), {"long_name": datamodel.WITHHELD_LONG_NAME}
     )
+    if n_frames is not None:
+        trial_coords[datamodel.N_FRAMES] = xr.Variable(
+            datamodel.TRIAL,
+            np.asarray(n_frames.values, dtype=np.int64),
+            {"long_name": datamodel.N_FRAMES_LONG_NAME},
+        )
 
     subsets: list[str] = []
     statistic_names: list[str] = []
@@ -169,15 +229,32 @@ def assemble(
         sizes["space"] = len(datamodel.SPACE_AXES)
     for variable in data_vars.values():
         sizes.update(zip(variable.dims, variable.shape))
-    coords.update(_label_coords(sorted(all_dims & set(sizes)), sizes))
+    coords.update(_label_coords(kind, sorted(all_dims & set(sizes)), sizes))
+    dataset_attrs = {**attrs, "format": kind.format}
+    if kind.time_dim is not None and kind.time_dim in sizes:
+        coords.update(_time_coords(sizes[kind.time_dim], kind))
+        dataset_attrs[datamodel.FRAME_RATE_ATTR] = kind.frame_rate
     if subsets:
         coords["subset"] = np.array(subsets)
         coords["statistic"] = np.array(statistic_names)
-    return xr.Dataset(data_vars, coords, {**attrs, "format": datamodel.FORMAT})
+    return xr.Dataset(data_vars, coords, dataset_attrs)
+
+
+def _time_coords(n_frames: int, kind: datamodel.ReleaseKind) -> dict[str, xr.Variable]:
+    """``frame`` (0..T-1) and ``time`` on it: seconds from trial start, ``frame / frame_rate``."""
+    frame = kind.time_dim
+    seconds = np.arange(n_frames, dtype=np.float64) / float(kind.frame_rate)  # type: ignore[arg-type]
+    return {
+        frame: xr.Variable(frame, np.arange(n_frames, dtype=np.int64)),  # type: ignore[dict-item]
+        datamodel.TIME: xr.Variable(frame, seconds, {"units": "s", "long_name": f"time from trial start ({kind.frame_rate:g} Hz)"}),
+    }
 
 
 def _layout_statistics(layout: ScanLayout, variable: str) -> StatisticsTable:
-    """The stored statistics of a variable as one array (NaN where a file is absent); shapes must agree."""
+    """The stored statistics of a variable as one array (NaN where a file is absent; the layout checked the shapes).
+
+    The array has the widest dtype of the files; files stored narrower are recorded, to be written back so.
+    """
     subsets = layout.statistics[variable]
     subset_names = sorted(subsets, key=lambda s: (s != datamodel.MAIN_SUBSET, s))
     present = {stat for stats in subsets.values() for stat in stats}
@@ -185,16 +262,16 @@ def _layout_statistics(layout: ScanLayout, variable: str) -> StatisticsTable:
     trailing = next(iter(next(iter(subsets.values())).values())).shape
     dtype = np.result_type(*(a.dtype for stats in subsets.values() for a in stats.values()), np.float32)
     values = np.full((len(subset_names), len(stat_names), *trailing), np.nan, dtype=dtype)
+    file_dtypes = {}
     for i, subset in enumerate(subset_names):
         for j, stat in enumerate(stat_names):
             array = subsets[subset].get(stat)
             if array is None:
                 continue
-            if array.shape != trailing:
-                relative = datamodel.statistics_file(variable, subset, stat)
-                raise ScanError(layout.source.label(relative), f"shape {array.shape} differs from {trailing} of the other statistics")
             values[i, j] = array
-    return StatisticsTable(subset_names, stat_names, values)
+            if array.dtype != dtype:
+                file_dtypes[f"{subset}/{stat}"] = array.dtype.str
+    return StatisticsTable(subset_names, stat_names, values, file_dtypes)
 
 
 def build_dataset(
@@ -214,6 +291,7 @@ def build_dataset(
     (2, 10)
     """
     drop = {str(name) for name in (drop_variables or ())}
+    kind = layout.kind
     withheld_rows = withheld_trials(layout)
     masked: list[str] = []
     data: dict[str, Any] = {}
@@ -226,13 +304,22 @@ def build_dataset(
             rows = withheld_rows
         elif mask_withheld and name in ("behavior", "pupil_center") and wholly_withheld(layout, name):
             rows = np.ones(layout.n_trials, dtype=bool)
+        checks: list[BlockCheck] = []
         if rows is not None:
             masked.append(name)
+            checks.append(StoredZerosCheck(rows, name))
+        if name == kind.stimulus and layout.n_frames is not None:
+            checks.append(FrameCountCheck(layout.n_frames.values, layout.n_frames.source))
+        frames = None
+        if layout.n_frames is not None and kind.data_dims.get(name, ())[-1:] == (kind.time_dim,):
+            frames = layout.n_frames.values  # withheld cells are the trial's frames, not its padding
         if name not in drop:
-            reader = TrialReader(variable.files, variable.header, rows)
+            reader = TrialReader(variable.files, variable.header, rows, checks, frames)
             data[name] = indexing.LazilyIndexedArray(TrialStackArray(reader, layout.n_trials))
     statistics = {
-        name: _layout_statistics(layout, name) for name in layout.variables if name in layout.statistics and name not in drop
+        name: _layout_statistics(layout, name)
+        for name in layout.variables
+        if name in layout.statistics and name not in drop and datamodel.statistics_name(name) not in drop
     }
     attrs = {"scan": layout.scan_key, "release_name": layout.release_name, datamodel.WITHHELD_ATTR: ",".join(masked)}
     return assemble(
@@ -243,12 +330,18 @@ def build_dataset(
         responses_withheld=withheld_rows,
         attrs=attrs,
         trials_per_chunk=chunk,
+        kind=kind,
+        n_frames=layout.n_frames,
     )
 
 
 def tree_of(scans: Mapping[str, xr.Dataset]) -> xr.DataTree:
-    """A DataTree with one child per scan under a root that holds only attributes."""
-    root = xr.Dataset(attrs={"format": datamodel.FORMAT, "scans": ",".join(scans)})
+    """A DataTree with one child per scan under a root that holds only attributes.
+
+    The root's ``format`` names the scans' formats (sorted, comma-separated when image and video scans are mixed).
+    """
+    formats = sorted({str(ds.attrs.get("format", datamodel.FORMAT)) for ds in scans.values()}) or [datamodel.FORMAT]
+    root = xr.Dataset(attrs={"format": ",".join(formats), "scans": ",".join(scans)})
     return xr.DataTree.from_dict({"/": root, **{f"/{key}": ds for key, ds in scans.items()}})
 
 

@@ -11,6 +11,10 @@ which ``np.asarray`` and ``.values`` of an opened variable reach through :class:
 reads every trial straight into the one output array, blocks in parallel threads, with no dask
 concatenation after; and streamed blocks come from a :class:`BlockPool` that reuses the memory of
 blocks nobody holds any more, so a reduction or an export does not fault in fresh pages per block.
+
+``checks`` see each block's stored values before the masking (the layout's promises about a block,
+e.g. a video scan's trial lengths, are verified as the block is read); in a video scan only a
+withheld trial's frames are masked, its padding is left as stored (``masked_frames``).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -115,13 +120,26 @@ def _threads() -> int:
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
+#: A check of a block as read: ``check(trials, stored_values, files)`` raises a ScanError naming a file, or returns.
+BlockCheck = Callable[[np.ndarray, np.ndarray, NumberedFiles], None]
+
+
 class TrialReader:
     """Reads any set of trials of one variable into a new array. Picklable: paths and offsets only."""
 
-    def __init__(self, files: NumberedFiles, header: NpyHeader, masked_trials: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        files: NumberedFiles,
+        header: NpyHeader,
+        masked_trials: np.ndarray | None = None,
+        checks: Sequence[BlockCheck] = (),
+        masked_frames: np.ndarray | None = None,
+    ) -> None:
         self.files = files
         self.header = header
         self.masked_trials = masked_trials  # bool per trial: cells to set to NaN
+        self.checks = tuple(checks)  # picklable callables, run on each block's stored values
+        self.masked_frames = masked_frames  # per trial: only its first k frames (last axis) are masked; None: all
         self.stored_dtype = header.dtype.newbyteorder("=")
         masking = masked_trials is not None and bool(masked_trials.any())
         self.dtype = np.result_type(self.stored_dtype, np.float32) if masking else self.stored_dtype
@@ -140,13 +158,22 @@ class TrialReader:
         ordered = len(trials) < 2 or bool(np.all(trials[1:] > trials[:-1]))
         if ordered and self.dtype == self.stored_dtype:
             self._fill(trials, out)
+            for check in self.checks:
+                check(trials, out, self.files)
         else:  # repeats, another order or a wider type: read each file once, then place the rows
             numbers, where = np.unique(trials, return_inverse=True)
             distinct = np.empty((len(numbers), *self.header.shape), dtype=self.stored_dtype)
             self._fill(numbers, distinct)
+            for check in self.checks:
+                check(numbers, distinct, self.files)
             out[...] = distinct[where.ravel()]
         if self.masked_trials is not None:
-            out[self.masked_trials[trials]] = np.nan
+            rows = self.masked_trials[trials]
+            if self.masked_frames is None:
+                out[rows] = np.nan
+            else:  # a video scan: the trial's frames, its padding left as stored
+                for row in np.flatnonzero(rows).tolist():
+                    out[row, ..., : self.masked_frames[trials[row]]] = np.nan
 
     def read_all(self, n_trials: int, out: np.ndarray | None = None) -> np.ndarray:
         """Every trial, read straight into one array (``out``, or a new one), blocks in parallel threads.

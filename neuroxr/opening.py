@@ -47,10 +47,15 @@ def open_scan(
     mask_withheld: bool = True,
     drop_variables: Iterable[str] | None = None,
     storage_options: dict | None = None,
+    n_frames_from: str | None = None,
 ) -> xr.Dataset:
     """Open a Sensorium scan (folder, .zip, a folder holding one scan, or an fsspec URL) as one lazy, labelled Dataset.
 
-    Only the listing, ``meta/`` and one header per variable are read. Data variables are dask arrays
+    2022 image scans and 2023 video scans alike: the kind is recognised from what the scan holds
+    (``data/images`` or ``data/videos``). Only the listing, ``meta/`` and one header per variable
+    are read (and, for a video scan, row 0 of each trial's behaviour: the trial lengths
+    ``n_frames``, checked against each video as it is read; ``n_frames_from="videos"`` reads them
+    from the videos instead, ``"pupil_center"`` from the pupil). Data variables are dask arrays
     with one task per block of trials (about 64 MB per chunk; ``chunks=500`` asks for 500 trials per
     chunk, any xarray ``chunks=`` also works); label coordinates are in memory. A URL
     (``https://.../scan.zip``, ``s3://bucket/scan/``) is read in place with range requests;
@@ -61,6 +66,9 @@ def open_scan(
     >>> ds.responses.sizes
     Frozen({'trial': 60, 'neuron': 20})
     >>> per_image = ds.responses.sel(trial=ds.tier == "test").groupby("image_id").mean()
+    >>> videos = neuroxr.open_scan(neuroxr.write_scan(tmp / "video", kind="dynamic", n_trials=40, n_neurons=10))
+    >>> videos.videos.dims, videos.attrs["frame_rate"]
+    (('trial', 'y', 'x', 'frame'), 30.0)
     """
     xarray_chunks, block = chunking.trial_chunk_request(chunks)
     ds = xr.open_dataset(
@@ -72,6 +80,7 @@ def open_scan(
         drop_variables=drop_variables,
         trials_per_chunk=block,
         storage_options=storage_options,
+        n_frames_from=n_frames_from,
     )
     return load_labels(ds)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -121,6 +122,96 @@ def write_tiny_scan(
             }
             for stat, value in stats.items():
                 np.save(folder / f"{stat}.npy", np.asarray(value, dtype=np.float32))
+    return scan
+
+
+DYNAMIC_NAME = "dynamic30001-2-3-Video-0123456789abcdef0123456789abcdef"
+DYNAMIC_TIERS = ("train", "oracle", "live_test_main", "live_test_bonus", "final_test_main", "final_test_bonus", "none")
+
+
+def write_tiny_dynamic_scan(
+    root: Path,
+    *,
+    n_trials: int = 21,
+    n_neurons: int = 7,
+    video_shape: tuple[int, int] = (4, 6),
+    frames: int = 12,
+    test_responses: str = "zeros",
+    seed: int = 0,
+    name: str = DYNAMIC_NAME,
+    statistics_frames: int | None = None,
+) -> Path:
+    """Write a small 2023 video scan ``root/name`` with ``np.save``, as the release lays it out; return it.
+
+    Per trial: videos (H, W, T) float32, responses (N, T) float32, behavior (2, T) float64, pupil_center
+    (2, T) float32, all NaN from the trial's length on (lengths between T/2 and T, a third of them T);
+    tiers: every 2023 tier, the oracle and test trials repeats of a few clips (identical videos);
+    ``test_responses``: "zeros" (the release: zeros, NaN padding kept), "zeros-unpadded" (zeros to the
+    end) or "values" (real responses, as in a copy with them put back). Statistics are time-resolved
+    over the train trials (NaN-aware), float64 but for min and max (float32, as computed on the data);
+    ``statistics_frames`` gives them another number of frames than the trials.
+    """
+    rng = np.random.default_rng(seed)
+    scan = root / name
+    tiers = np.array((["train"] * 6 + ["oracle"] * 3 + ["live_test_main"] * 2 + ["live_test_bonus"] * 2
+                      + ["final_test_main"] * 2 + ["final_test_bonus"] * 2 + ["none"] * 1) * n_trials)[:n_trials]  # fmt: skip
+    order = rng.permutation(n_trials)
+    tiers = tiers[order]
+    clips = np.arange(n_trials)  # a clip per trial, but the repeated tiers show two clips each
+    for tier in DYNAMIC_TIERS[1:-1]:
+        rows = np.flatnonzero(tiers == tier)
+        clips[rows] = 1000 + 10 * DYNAMIC_TIERS.index(tier) + np.arange(len(rows)) % 2
+    clip_lengths = {clip: int(rng.choice([frames, frames, rng.integers(frames // 2, frames)])) for clip in np.unique(clips).tolist()}
+    lengths = np.array([clip_lengths[clip] for clip in clips.tolist()])
+    videos = np.empty((n_trials, *video_shape, frames), np.float32)
+    for clip in np.unique(clips).tolist():
+        clip_rng = np.random.default_rng([seed, clip])
+        videos[clips == clip] = clip_rng.integers(0, 256, (*video_shape, frames)).astype(np.float32)
+    responses = rng.gamma(0.5, 1.0, (n_trials, n_neurons, frames)).astype(np.float32)
+    behavior = rng.normal([[5.0], [2.0]], [[2.0], [4.0]], (n_trials, 2, frames))
+    pupil = rng.normal([[120.0], [80.0]], [[10.0], [5.0]], (n_trials, 2, frames)).astype(np.float32)
+    tested = np.isin(tiers, DYNAMIC_TIERS[2:6])
+    if test_responses != "values":
+        responses[tested] = 0
+    data = {"videos": videos, "responses": responses, "behavior": behavior, "pupil_center": pupil}
+    for variable, values in data.items():
+        for trial, length in enumerate(lengths.tolist()):
+            if variable == "responses" and test_responses == "zeros-unpadded" and tested[trial]:
+                continue
+            values[trial, ..., length:] = np.nan
+        folder = scan / "data" / variable
+        folder.mkdir(parents=True)
+        for trial, value in enumerate(values):
+            np.save(folder / f"{trial}.npy", value)
+    trials = {"tiers": tiers, "trial_idx": np.argsort(order)}
+    neurons = {
+        "unit_ids": np.sort(rng.choice(np.arange(1, 4 * n_neurons), n_neurons, replace=False)).astype(np.uint16),
+        "animal_ids": np.full(n_neurons, 30001, dtype=np.uint16),
+        "sessions": np.full(n_neurons, 2, dtype=np.uint8),
+        "scan_idx": np.full(n_neurons, 3, dtype=np.uint8),
+        "cell_motor_coordinates": rng.integers(-300, 300, (n_neurons, 3)).astype(np.int64),
+    }
+    for folder, arrays in (("trials", trials), ("neurons", neurons)):
+        (scan / "meta" / folder).mkdir(parents=True)
+        for stem, array in arrays.items():
+            np.save(scan / "meta" / folder / f"{stem}.npy", array)
+    train = tiers == "train"
+    kept = frames if statistics_frames is None else statistics_frames
+    for variable, values in data.items():
+        folder = scan / "meta" / "statistics" / variable / "all"
+        folder.mkdir(parents=True)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # frames no train trial reaches are NaN
+            stats = {
+                "mean": np.nanmean(values[train], axis=0, dtype=np.float64),
+                "std": np.nanstd(values[train].astype(np.float64), axis=0, ddof=1),
+                "min": np.nanmin(values[train], axis=0).astype(np.float32),
+                "max": np.nanmax(values[train], axis=0).astype(np.float32),
+                "median": np.nanmedian(values[train].astype(np.float64), axis=0),
+            }
+        for stat, value in stats.items():
+            value = value[..., :kept] if kept <= frames else np.concatenate([value, value[..., -1:].repeat(kept - frames, -1)], -1)
+            np.save(folder / f"{stat}.npy", value)
     return scan
 
 
@@ -241,6 +332,30 @@ def untouched(scan_folder: Path) -> Iterator[Path]:
 def competition_folder(tmp_path: Path) -> Path:
     """A tiny competition scan: test responses, behaviour and pupil withheld (zeros on disk)."""
     return write_tiny_scan(tmp_path, competition=True, behavior_withheld=True)
+
+
+@pytest.fixture
+def dynamic_folder(tmp_path: Path) -> Path:
+    """A tiny 2023 video scan of its own for each test (free to damage)."""
+    return write_tiny_dynamic_scan(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_dynamic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2023 video scan shared by the whole session: read it, never change it."""
+    return write_tiny_dynamic_scan(tmp_path_factory.mktemp("shared-dynamic"))
+
+
+@pytest.fixture(scope="session")
+def mixed_release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding a 2022 image scan (.zip) and a 2023 video scan (folder and deflated .zip) side by side."""
+    root = tmp_path_factory.mktemp("mixed")
+    neuroxr.write_scan(root / "static21067-10-18.zip", zip=True, scan="21067-10-18", n_trials=60, n_neurons=12)
+    video = neuroxr.make_scan(kind="dynamic", scan="29515-10-12", n_trials=60, n_neurons=12, n_frames=60, competition=True)
+    name = video.attrs["release_name"]
+    neuroxr.to_folder(video, root / name)
+    neuroxr.to_folder(video, root / f"{name}.zip", zip=True, compression="deflated")
+    return root
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import METHODS, N_FILES, TOP, contents, write_tiny_scan, write_zip, zip_scan
+from conftest import METHODS, N_FILES, TOP, contents, write_tiny_dynamic_scan, write_tiny_scan, write_zip, zip_scan
 
 import neuroxr
 from neuroxr.cli import main
@@ -147,6 +147,19 @@ def test_remote_zip_is_read_in_place_with_range_requests(http_root, compression:
 
     xr.testing.assert_identical(remote.load(), local)
     assert sum(served) < 1.5 * archive.stat().st_size
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_opening_a_remote_video_scan_reads_no_video(http_root, compression: int) -> None:
+    url, root, served = http_root
+    scan = write_tiny_dynamic_scan(root / "src", n_trials=40, n_neurons=5, video_shape=(36, 64), frames=40)
+    archive = zip_scan(scan, root / "video.zip", compression)
+    remote = neuroxr.open_scan(f"{url}/video.zip")
+    videos_bytes = sum(path.stat().st_size for path in (scan / "data" / "videos").iterdir())
+    meta_bytes = sum(path.stat().st_size for path in (scan / "meta").rglob("*.npy"))  # time-resolved statistics among them
+    assert sum(served) - meta_bytes < videos_bytes / 10, "opening fetched videos"
+    np.testing.assert_array_equal(remote.n_frames.values, neuroxr.open_scan(scan).n_frames.values)
+    xr.testing.assert_identical(remote.load(), neuroxr.open_scan(archive).load())
 
 
 @pytest.mark.parametrize("compression", [zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA], ids=["bzip2", "lzma"])

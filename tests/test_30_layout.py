@@ -11,6 +11,7 @@ import pytest
 from conftest import RELEASE_NAME, eager, expect_scan_error, write_tiny_scan, zip_scan
 
 import neuroxr
+from neuroxr import datamodel as model
 from neuroxr.cli import main
 from neuroxr.layout import read_layout
 from neuroxr.layout.check import check_files
@@ -284,3 +285,113 @@ def test_valid_files_numpy_reads_are_read(tmp_path: Path, kind: str) -> None:
     assert ds["wide"].values.dtype == long_header
     assert ds["wide"].values["field_059"].tolist() == [[float(t)] * 2 for t in range(24)]
     assert list(check_files(read_layout(path))) == []
+
+
+# ----------------------------------------------------------------------------------------------
+# every structural problem in one run (neuroxr validate), one ScanError listing them (open_scan)
+
+
+def _five_faults(scan: Path) -> None:
+    (scan / "data" / "responses" / "notes.txt").write_text("stray")  # a stray file
+    (scan / "data" / "images" / "7.npy").unlink()  # a gap
+    np.save(scan / "meta" / "trials" / "tiers.npy", np.array(["train"] * 23))  # a meta array too short
+    np.save(scan / "meta" / "neurons" / "layer.npy", np.array(["L4"] * 12))  # another
+    np.save(scan / "meta" / "neurons" / "area.npy", np.array([{"a": 1}] * 13, dtype=object), allow_pickle=True)  # pickled
+
+
+FIVE_FAULTS = (
+    "data/responses/notes.txt: unexpected file",
+    "data/images: trial files must be numbered 0..22 without gaps; 7.npy is missing",
+    "meta/trials/tiers.npy: expected one entry per trial (24), found length 23",
+    "meta/neurons/layer.npy: expected one entry per neuron (13), found length 12",
+    "meta/neurons/area.npy: holds Python objects",
+)
+
+
+def test_every_structural_problem_is_found_in_one_run(scan_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _five_faults(scan_folder)
+    layout = read_layout(scan_folder, strict=False)
+    assert len(layout.problems) == 5, layout.problems
+    for fault in FIVE_FAULTS:
+        assert sum(fault in problem for problem in layout.problems) == 1, (fault, layout.problems)
+    error = expect_scan_error(scan_folder, "5 problems", *FIVE_FAULTS)
+    assert error.path == str(scan_folder)
+    assert main(["validate", "-q", str(scan_folder)]) == 1
+    out = capsys.readouterr().out
+    assert all(fault in out for fault in FIVE_FAULTS) and "5 problems" in out
+    # the folders that are intact are still checked file by file
+    np.save(scan_folder / "data" / "behavior" / "4.npy", np.zeros(4, np.float32))
+    assert main(["validate", "-q", str(scan_folder)]) == 1
+    out = capsys.readouterr().out
+    assert "data/behavior/4.npy: holds float32 (4,), expected float32 (3,)" in out and "6 problems" in out
+
+
+def test_every_missing_file_number_is_named(scan_folder: Path) -> None:
+    for number in (3, 9, 11):
+        (scan_folder / "data" / "responses" / f"{number}.npy").unlink()
+    (scan_folder / "data" / "responses" / "23.npy").unlink()
+    expect_scan_error(scan_folder, "data/responses", "3.npy, 9.npy, 11.npy are missing")
+
+
+# ----------------------------------------------------------------------------------------------
+# the kind of scan, and what differs in a 2023 video scan
+
+
+def test_the_kind_is_recognised_from_what_the_scan_holds(shared_scan: Path, shared_dynamic: Path, tmp_path: Path) -> None:
+    assert read_layout(shared_scan).kind is model.STATIC and read_layout(shared_dynamic).kind is model.DYNAMIC
+    # the name is a hint only: a folder named like a video scan that holds images is a 2022 scan
+    misnamed = write_tiny_scan(tmp_path, name="dynamic1-2-3-Video-abc")
+    assert read_layout(misnamed).kind is model.STATIC
+    # without a stimulus folder, the responses' time axis tells
+    no_videos = tmp_path / "no-videos"
+    shutil.copytree(shared_dynamic, no_videos)
+    shutil.rmtree(no_videos / "data" / "videos")
+    assert read_layout(no_videos).kind is model.DYNAMIC
+    both = tmp_path / "both"
+    shutil.copytree(shared_dynamic, both)
+    shutil.copytree(shared_scan / "data" / "images", both / "data" / "images")
+    with pytest.raises(neuroxr.ScanError, match="holds both data/images and data/videos"):
+        read_layout(both)
+
+
+@pytest.mark.parametrize("kind", ["folder", "stored", "deflated"])
+def test_trial_lengths_are_the_first_nan_frame_of_each_video(shared_dynamic: Path, tmp_path: Path, kind: str) -> None:
+    methods = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
+    path = shared_dynamic if kind == "folder" else zip_scan(shared_dynamic, tmp_path / "scan.zip", methods[kind])
+    layout = read_layout(path)
+    videos = eager(shared_dynamic, "videos")
+    first_nan = [int(np.argmax(np.isnan(video).any(axis=(0, 1)))) if np.isnan(video).any() else video.shape[-1] for video in videos]
+    np.testing.assert_array_equal(layout.n_frames.values, first_nan)
+    assert layout.n_frames.source == "row 0 of data/behavior/<trial>.npy"
+    assert min(first_nan) < 12 and max(first_nan) == 12  # some trials are padded, some are not
+    from_videos = read_layout(path, n_frames_from="videos")
+    np.testing.assert_array_equal(from_videos.n_frames.values, first_nan)
+    assert from_videos.n_frames.source == "pixel (0, 0) of data/videos/<trial>.npy"
+
+
+def test_a_variable_whose_padded_length_differs(dynamic_folder: Path) -> None:
+    for trial in range(21):
+        path = dynamic_folder / "data" / "behavior" / f"{trial}.npy"
+        np.save(path, np.load(path)[:, :11])
+    expect_scan_error(dynamic_folder, "data/behavior/0.npy", "holds 11 frames", "shorter than the 12 of", "data/responses/0.npy", "padded to one length")
+
+
+def test_a_video_shorter_than_its_responses(dynamic_folder: Path) -> None:
+    for trial in range(21):
+        path = dynamic_folder / "data" / "videos" / f"{trial}.npy"
+        np.save(path, np.load(path)[..., :10])
+    expect_scan_error(dynamic_folder, "data/videos/0.npy", "holds 10 frames (float32 (4, 6, 10)), shorter than the 12")
+
+
+def test_one_trial_padded_to_another_length_is_named(dynamic_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(dynamic_folder / "data" / "behavior" / "5.npy", np.load(dynamic_folder / "data" / "behavior" / "5.npy")[:, :10])
+    expect_scan_error(dynamic_folder, "data/behavior/5.npy", "holds float64 (2, 10), expected float64 (2, 12)", "padded to one length")
+    assert main(["validate", "-q", str(dynamic_folder)]) == 1
+    assert "data/behavior/5.npy: holds float64 (2, 10), expected float64 (2, 12)" in capsys.readouterr().out
+
+
+def test_a_video_scan_without_its_time_axis(dynamic_folder: Path) -> None:
+    for trial in range(21):
+        path = dynamic_folder / "data" / "pupil_center" / f"{trial}.npy"
+        np.save(path, np.load(path)[:, 0])
+    expect_scan_error(dynamic_folder, "data/pupil_center/0.npy", "expected 2 axes (pupil_axis, frame)", "time axis last")

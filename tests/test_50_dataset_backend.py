@@ -9,7 +9,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import RELEASE_NAME, assert_reads_on_access, eager, expect_scan_error, zip_scan
+from conftest import DYNAMIC_NAME, RELEASE_NAME, assert_reads_on_access, eager, expect_scan_error, write_tiny_dynamic_scan, zip_scan
 
 import neuroxr
 from neuroxr import datamodel as model
@@ -144,3 +144,142 @@ def test_xarray_open_datatree_with_the_engine(release: Path) -> None:
 def test_the_engine_opens_a_zip_like_the_folder(shared_scan: Path, tmp_path: Path, compression: int) -> None:
     archive = zip_scan(shared_scan, tmp_path / "scan.zip", compression)
     xr.testing.assert_identical(xr.open_dataset(archive, engine="sensorium").load(), xr.open_dataset(shared_scan, engine="sensorium").load())
+
+
+# ----------------------------------------------------------------------------------------------
+# 2023 video scans: the same builder, one more dimension
+
+
+def test_a_video_scan_matches_np_load(shared_dynamic: Path) -> None:
+    ds = neuroxr.open_scan(shared_dynamic)
+    dims = {"videos": ("y", "x", "frame"), "responses": ("neuron", "frame"), "behavior": ("behavior_variable", "frame")}
+    dims["pupil_center"] = ("pupil_axis", "frame")
+    stored = {name: eager(shared_dynamic, name) for name in dims}
+    withheld = ds.responses_withheld.values
+    for name, per_trial in dims.items():
+        assert ds[name].dims == ("trial", *per_trial)
+        assert ds[name].dtype == stored[name].dtype  # as stored: float32, and float64 for behaviour
+        expected = stored[name]
+        if name == "responses":
+            np.testing.assert_array_equal(ds[name].values[~withheld], expected[~withheld])
+        else:
+            np.testing.assert_array_equal(ds[name].values, expected)
+    assert ds.behavior.dtype == np.float64 and ds.videos.dtype == np.float32
+    assert ds.attrs == {"scan": "30001-2-3", "release_name": DYNAMIC_NAME, "withheld": "responses",
+                        "format": "sensorium-2023-dynamic", "frame_rate": 30.0}  # fmt: skip
+    np.testing.assert_array_equal(ds.frame.values, np.arange(12))
+    np.testing.assert_allclose(ds.time.values, np.arange(12) / 30.0)
+    assert ds.time.dims == ("frame",) and ds.time.attrs["units"] == "s"
+    assert list(ds.behavior_variable.values) == ["pupil_dilation", "running_speed"]
+    np.testing.assert_array_equal(ds.tier.values, meta(shared_dynamic, "meta/trials/tiers.npy"))
+    assert ds.cell_motor_coordinates.dtype == np.int64 and ds.cell_motor_coordinates.dims == ("neuron", "space")
+    lengths = ds.n_frames.values
+    for trial, video in enumerate(stored["videos"]):
+        assert not np.isnan(video[..., : lengths[trial]]).any() and np.isnan(video[..., lengths[trial] :]).all()
+
+
+def test_video_scan_statistics_are_time_resolved_and_keep_their_dtypes(shared_dynamic: Path) -> None:
+    ds = neuroxr.open_scan(shared_dynamic)
+    assert ds.videos_statistics.dims == ("subset", "statistic", "y", "x", "frame")
+    assert ds.responses_statistics.dims == ("subset", "statistic", "neuron", "frame")
+    assert ds.behavior_statistics.dims == ("subset", "statistic", "behavior_variable", "frame")
+    for name in ("videos", "responses", "behavior", "pupil_center"):
+        statistics = ds[f"{name}_statistics"]
+        assert statistics.dtype == np.float64
+        assert statistics.attrs[model.FILE_DTYPES_ATTR] == ["all/min=<f4", "all/max=<f4"]
+        for stat in ("mean", "std", "min", "max", "median"):
+            stored = meta(shared_dynamic, f"meta/statistics/{name}/all/{stat}.npy")
+            np.testing.assert_array_equal(statistics.sel(subset="all", statistic=stat).values, stored)
+
+
+def test_statistics_of_other_shapes_in_a_video_scan(tmp_path: Path) -> None:
+    longer = neuroxr.open_scan(write_tiny_dynamic_scan(tmp_path / "a", statistics_frames=14))
+    assert longer.responses_statistics.dims == ("subset", "statistic", "neuron", "responses_statistics_frame")
+    assert longer.sizes["responses_statistics_frame"] == 14 and longer.sizes["frame"] == 12
+    scan = write_tiny_dynamic_scan(tmp_path / "b")
+    for stat in ("mean", "std", "min", "max", "median"):  # per-neuron statistics, (N, 1) as broadcasting wants them
+        path = scan / "meta" / "statistics" / "responses" / "all" / f"{stat}.npy"
+        np.save(path, np.load(path)[:, :1])
+    ds = neuroxr.open_scan(scan)
+    assert ds.responses_statistics.dims == ("subset", "statistic", "neuron", "responses_statistics_dim_2")
+
+
+def test_withheld_test_responses_of_a_video_scan(shared_dynamic: Path) -> None:
+    ds = neuroxr.open_scan(shared_dynamic)
+    tiers = ds.tier.values
+    tested = np.isin(tiers, ["live_test_main", "live_test_bonus", "final_test_main", "final_test_bonus"])
+    np.testing.assert_array_equal(ds.responses_withheld.values, tested)
+    assert np.isnan(ds.responses.values[tested]).all()
+    raw = neuroxr.open_scan(shared_dynamic, mask_withheld=False)
+    stored = eager(shared_dynamic, "responses")
+    np.testing.assert_array_equal(raw.responses.values, stored)  # the stored zeros, NaN padding and all
+    assert raw.attrs["withheld"] == "" and (np.nan_to_num(stored[tested]) == 0).all()
+    assert not np.isnan(stored[~tested][:, :, 0]).any()
+
+
+def test_real_test_responses_are_not_withheld(tmp_path: Path) -> None:
+    # a copy with the test responses put back: the first trial of each test tier holds values, so nothing is masked
+    scan = write_tiny_dynamic_scan(tmp_path, test_responses="values")
+    ds = neuroxr.open_scan(scan)
+    assert not ds.responses_withheld.any() and ds.attrs["withheld"] == ""
+    np.testing.assert_array_equal(ds.responses.values, eager(scan, "responses"))
+
+
+def test_a_withheld_trial_holding_values_is_an_error_not_nan(dynamic_folder: Path) -> None:
+    tiers = meta(dynamic_folder, "meta/trials/tiers.npy")
+    second = np.flatnonzero(tiers == "live_test_main")[1]  # the first one still holds zeros
+    path = dynamic_folder / "data" / "responses" / f"{second}.npy"
+    values = np.load(path)
+    np.save(path, np.where(np.isnan(values), np.nan, 0.5).astype(np.float32))
+    expect_scan_error(dynamic_folder, f"data/responses/{second}.npy", "holds non-zero responses", "mask_withheld=False", compute=True)
+    np.testing.assert_array_equal(neuroxr.open_scan(dynamic_folder, mask_withheld=False).responses.values, eager(dynamic_folder, "responses"))
+
+
+def test_withheld_zeros_without_padding_are_masked_in_the_trial_only(tmp_path: Path) -> None:
+    scan = write_tiny_dynamic_scan(tmp_path, test_responses="zeros-unpadded")
+    ds = neuroxr.open_scan(scan)
+    withheld = ds.responses_withheld.values
+    assert withheld.sum() == 8
+    values = ds.responses.values[withheld]
+    inside = np.arange(12)[None, None, :] < ds.n_frames.values[withheld][:, None, None]
+    assert np.isnan(values[np.broadcast_to(inside, values.shape)]).all()
+    assert (values[np.broadcast_to(~inside, values.shape)] == 0).all()  # past the trial's end: as stored
+
+
+def test_the_trial_lengths_are_checked_against_each_video_read(dynamic_folder: Path) -> None:
+    lengths = neuroxr.open_scan(dynamic_folder).n_frames.values
+    trial = int(np.flatnonzero(lengths == 12)[0])
+    path = dynamic_folder / "data" / "videos" / f"{trial}.npy"
+    video = np.load(path)
+    video[..., 9:] = np.nan  # the video ends three frames before its behaviour does
+    np.save(path, video)
+    ds = neuroxr.open_scan(dynamic_folder)
+    assert ds.n_frames.values[trial] == 12  # read from behaviour: no video is read at open
+    np.testing.assert_array_equal(ds.responses.values.shape, (21, 7, 12))  # other variables read fine
+    expect_scan_error(dynamic_folder, f"data/videos/{trial}.npy", "first NaN frame is 9, but n_frames is 12",
+                      "row 0 of data/behavior", "n_frames_from='videos'", compute=True)  # fmt: skip
+    from_videos = neuroxr.open_scan(dynamic_folder, n_frames_from="videos")
+    assert from_videos.n_frames.values[trial] == 9
+    np.testing.assert_array_equal(from_videos.videos.values, eager(dynamic_folder, "videos"))
+    with pytest.raises(neuroxr.ScanError, match="cannot read the trial lengths from it"):
+        neuroxr.open_scan(dynamic_folder, n_frames_from="eye")
+
+
+def test_unknown_variables_of_a_video_scan_keep_the_time_axis(dynamic_folder: Path) -> None:
+    (dynamic_folder / "data" / "eye").mkdir()
+    for trial in range(21):
+        np.save(dynamic_folder / "data" / "eye" / f"{trial}.npy", np.full((3, 12), trial, np.int16))
+    ds = neuroxr.open_scan(dynamic_folder)
+    assert ds.eye.dims == ("trial", "eye_dim_1", "frame")
+    np.testing.assert_array_equal(ds.eye.values, eager(dynamic_folder, "eye"))
+
+
+def test_a_tree_of_image_and_video_scans(mixed_release: Path) -> None:
+    tree = neuroxr.open_datatree(mixed_release)
+    assert sorted(tree.children) == ["21067-10-18", "29515-10-12"]
+    assert tree.attrs["format"] == "sensorium-2022-static,sensorium-2023-dynamic"
+    assert tree["29515-10-12"].to_dataset().attrs["format"] == "sensorium-2023-dynamic"
+    assert "frame" not in tree["21067-10-18"].to_dataset().dims
+    theirs = xr.open_datatree(mixed_release, engine="sensorium")
+    for name in tree.children:
+        xr.testing.assert_identical(theirs[name].to_dataset().load(), tree[name].to_dataset().load())

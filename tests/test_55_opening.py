@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -128,3 +129,61 @@ def test_open_dispatches_on_what_it_is_given(release: Path, tmp_path: Path) -> N
     assert isinstance(reopened, xr.DataTree) and sorted(reopened.children) == ["21067-10-18", "26872-17-20"]
     with pytest.raises(neuroxr.ScanError, match="no such file"):
         neuroxr.open(tmp_path / "nothing")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2023 video scans
+
+
+@pytest.mark.parametrize("kind", ["folder", "stored", "deflated"])
+def test_a_video_scan_from_a_folder_or_a_zip_equals_np_load(shared_dynamic: Path, tmp_path: Path, kind: str) -> None:
+    methods = {"stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
+    path = shared_dynamic if kind == "folder" else zip_scan(shared_dynamic, tmp_path / "scan.zip", methods[kind])
+    ds = neuroxr.open_scan(path, mask_withheld=False, chunks=4)
+    for variable in ("videos", "responses", "behavior", "pupil_center"):
+        expected = eager(shared_dynamic, variable)
+        assert isinstance(ds[variable].data, dask.array.Array) and ds[variable].chunks[0] == (4, 4, 4, 4, 4, 1)
+        assert ds[variable].dtype == expected.dtype
+        np.testing.assert_array_equal(ds[variable].values, expected)
+    assert ds.attrs["format"] == "sensorium-2023-dynamic" and ds.sizes["frame"] == 12
+    if kind != "folder":
+        xr.testing.assert_identical(ds.load(), neuroxr.open_scan(shared_dynamic, mask_withheld=False).load())
+
+
+def test_video_scans_are_lazy_along_frame_and_trial(shared_dynamic: Path, forbidden_scheduler, tmp_path: Path) -> None:
+    ds = neuroxr.open_scan(shared_dynamic, chunks=5)
+    with forbidden_scheduler():
+        window = ds.videos.isel(trial=[3, 17], frame=slice(2, 6))
+        mean = ds.responses.sel(trial=ds.tier == "train").isel(frame=slice(0, 4)).mean("trial")
+    assert window.shape == (2, 4, 6, 4) and mean.shape == (7, 4)
+    stored = eager(shared_dynamic, "videos")
+    np.testing.assert_array_equal(window.values, stored[[3, 17]][..., 2:6])
+    responses = eager(shared_dynamic, "responses")
+    np.testing.assert_allclose(mean.values, responses[ds.tier.values == "train"][..., :4].mean(0), rtol=1e-6)
+    # the plain backend reads only the trials asked for
+    copy = tmp_path / "copy"
+    shutil.copytree(shared_dynamic, copy)
+    lazy = xr.open_dataset(copy, engine="sensorium")
+    (copy / "data" / "videos" / "5.npy").unlink()
+    np.testing.assert_array_equal(lazy.videos.isel(trial=[3, 17], frame=[0, 11]).values, stored[[3, 17]][..., [0, 11]])
+    with pytest.raises(neuroxr.ScanError, match="5.npy"):
+        lazy.videos.isel(trial=5).values
+
+
+def test_a_video_scan_pickles_small(shared_dynamic: Path, tmp_path: Path) -> None:
+    for path in (shared_dynamic, zip_scan(shared_dynamic, tmp_path / "s.zip", zipfile.ZIP_DEFLATED)):
+        ds = neuroxr.open_scan(path, chunks=7)
+        assert len(pickle.dumps(ds.videos.data)) < 20_000
+        restored = pickle.loads(pickle.dumps(ds))
+        np.testing.assert_array_equal(restored.videos.values, eager(shared_dynamic, "videos"))
+        np.testing.assert_array_equal(restored.n_frames.values, ds.n_frames.values)
+
+
+def test_open_a_folder_of_image_and_video_scans(mixed_release: Path) -> None:
+    tree = neuroxr.open(mixed_release)
+    assert isinstance(tree, xr.DataTree) and sorted(tree.children) == ["21067-10-18", "29515-10-12"]
+    video = tree["29515-10-12"].to_dataset()
+    assert Path(video.encoding["source"]).is_dir()  # the unpacked folder wins over its .zip
+    archive = next(mixed_release.glob("dynamic*.zip"))
+    xr.testing.assert_identical(video.load(), neuroxr.open(archive).load())
+    assert video.attrs["withheld"] == "responses" and video.responses_withheld.sum() > 0

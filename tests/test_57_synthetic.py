@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 
 import dask.array as da
@@ -276,3 +277,160 @@ def test_make_scan_is_what_open_scan_returns(tmp_path, kind):
     for name, variable in ds.variables.items():
         assert opened[name].dtype == variable.dtype, name
         assert (opened[name].chunks is None) == (variable.chunks is None), name
+
+
+# --------------------------------------------------------------------------------------------------
+# 2023 video scans
+
+VIDEO = {"kind": "dynamic", "n_trials": 70, "n_neurons": 16, "video_shape": (18, 32), "n_frames": 64}
+TESTS = ("live_test_main", "live_test_bonus", "final_test_main", "final_test_bonus")
+
+
+@pytest.fixture(scope="module")
+def video_scan():
+    return make_scan(**VIDEO, seed=3, chunk_trials=16)
+
+
+@pytest.fixture(scope="module")
+def videos_loaded(video_scan):
+    return video_scan.compute()
+
+
+def _clip_groups(videos: np.ndarray) -> np.ndarray:
+    """A group number per trial: trials whose videos are identical share it (the test's own rule)."""
+    keys = [np.nan_to_num(video, nan=-1).tobytes() for video in videos]
+    return np.unique(keys, return_inverse=True)[1]
+
+
+def test_video_scan_dims_dtypes_and_laziness(video_scan):
+    assert dict(video_scan.sizes) == {"trial": 70, "y": 18, "x": 32, "frame": 64, "neuron": 16, "behavior_variable": 2,
+                                      "pupil_axis": 2, "subset": 1, "statistic": 5, "space": 3}  # fmt: skip
+    dtypes = {"videos": np.float32, "responses": np.float32, "behavior": np.float64, "pupil_center": np.float32}
+    for name, dims in model.DYNAMIC.data_dims.items():
+        variable = video_scan[name]
+        assert variable.dims == ("trial", *dims) and variable.dtype == dtypes[name]
+        assert isinstance(variable.data, da.Array) and variable.data.chunks[0] == (16, 16, 16, 16, 6)
+        assert video_scan[model.statistics_name(name)].dims == ("subset", "statistic", *dims)
+        assert video_scan[model.statistics_name(name)].variable.chunks is None
+    assert video_scan.attrs["format"] == "sensorium-2023-dynamic" and video_scan.attrs["frame_rate"] == 30.0
+    assert re.fullmatch(r"dynamic30001-2-3-Video-[0-9a-f]{32}", video_scan.attrs["release_name"])
+    assert video_scan.cell_motor_coordinates.dtype == np.int64
+    np.testing.assert_allclose(video_scan.time.values, np.arange(64) / 30)
+
+
+def test_video_scan_tiers_clips_and_trial_lengths(videos_loaded):
+    tiers = videos_loaded.tier.values
+    assert set(tiers) == set(model.DYNAMIC.tiers)
+    assert 0.55 < (tiers == "train").mean() < 0.8
+    groups = _clip_groups(videos_loaded.videos.values)
+    for tier in ("oracle", *TESTS):
+        counts = np.unique(groups[tiers == tier], return_counts=True)[1]
+        assert len(counts) >= 2 and (counts >= 2).all(), tier  # a few clips, each repeated
+    train = groups[tiers == "train"]
+    assert len(np.unique(train)) == len(train) and not np.isin(train, groups[tiers != "train"]).any()
+    lengths = videos_loaded.n_frames.values
+    assert (lengths == 60).mean() > 0.4 and (lengths < 60).any() and lengths.min() >= 38  # mostly 15/16 of 64 frames
+    for name in model.DYNAMIC.data_variables:  # every variable is NaN from the trial's length on, and only there
+        values = videos_loaded[name].values
+        after = np.arange(64) >= lengths[:, None]
+        flat = values.reshape(len(values), -1, 64)
+        assert np.isnan(flat.transpose(0, 2, 1)[after]).all(), name
+        assert not np.isnan(flat.transpose(0, 2, 1)[~after]).any(), name
+
+
+def test_videos_look_like_videos(videos_loaded):
+    videos = videos_loaded.videos.values
+    lengths = videos_loaded.n_frames.values
+    known = videos[~np.isnan(videos)]
+    assert known.min() >= 0 and known.max() <= 255 and np.array_equal(known, np.rint(known))
+    natural = np.flatnonzero(videos_loaded.tier.values == "train")
+    step = [np.abs(np.diff(videos[t, ..., : lengths[t]], axis=-1)).mean() for t in natural]
+    spread = [videos[t, ..., : lengths[t]].std() for t in natural]
+    assert np.mean(step) < 0.25 * np.mean(spread)  # smooth in time: frames change little from one to the next
+    other = make_scan(**{**VIDEO, "n_trials": 120}, seed=11).compute()
+    groups = _clip_groups(np.concatenate([videos, other.videos.values]))
+    tested = np.isin(videos_loaded.tier.values, TESTS)
+    assert np.isin(groups[:70][tested], groups[70:]).all()  # the test clips are the same in every synthetic scan
+
+
+def test_video_responses_follow_the_video(videos_loaded):
+    responses = videos_loaded.responses.values
+    lengths = videos_loaded.n_frames.values
+    assert (np.nan_to_num(responses, nan=1) > 0).all()
+    groups = _clip_groups(videos_loaded.videos.values)
+    oracle = np.flatnonzero(videos_loaded.tier.values == "oracle")
+    same, different = [], []
+    for a in oracle:
+        for b in oracle[oracle > a]:
+            n = min(lengths[a], lengths[b])
+            r = [np.corrcoef(responses[a, k, :n], responses[b, k, :n])[0, 1] for k in range(16)]
+            (same if groups[a] == groups[b] else different).append(np.nanmean(r))
+    assert np.mean(same) > 0.3 and np.mean(same) > np.mean(different) + 0.2  # repeats of a clip correlate
+    trace = responses[0, :, : lengths[0]]
+    lag1 = [np.corrcoef(row[:-1], row[1:])[0, 1] for row in trace]
+    assert np.nanmean(lag1) > 0.8  # calcium-like: smooth, a rise and a slow decay
+
+
+def test_video_behaviour(videos_loaded):
+    behavior = videos_loaded.behavior.sel(behavior_variable="pupil_dilation").values
+    speed = videos_loaded.behavior.sel(behavior_variable="running_speed").values
+    assert np.nanmin(behavior) >= 3 and np.nanmax(speed) > 5 and (np.abs(speed[~np.isnan(speed)]) < 1).mean() > 0.3
+    assert np.isfinite(videos_loaded.pupil_center.values[:, :, 0]).all()
+
+
+def test_video_statistics_equal_numpy_on_the_train_tier(videos_loaded):
+    train = videos_loaded.tier.values == "train"
+    with np.errstate(all="ignore"):
+        for name in model.DYNAMIC.data_variables:
+            values = videos_loaded[name].values[train].astype(np.float64)
+            with pytest.warns(RuntimeWarning) if np.isnan(values).all(axis=0).any() else contextlib.nullcontext():
+                expected = {"mean": np.nanmean(values, 0), "std": np.nanstd(values, 0, ddof=1), "min": np.nanmin(values, 0),
+                            "max": np.nanmax(values, 0), "median": np.nanmedian(values, 0)}  # fmt: skip
+            statistics = videos_loaded[model.statistics_name(name)]
+            for statistic, value in expected.items():
+                got = statistics.sel(subset="all", statistic=statistic).values
+                np.testing.assert_allclose(got, value, rtol=1e-9, atol=1e-12, err_msg=f"{name} {statistic}")
+
+
+def test_competition_video_scan_withholds_the_test_tiers():
+    ds = make_scan(**VIDEO, competition=True, seed=3).compute()
+    withheld = np.isin(ds.tier.values, TESTS)
+    np.testing.assert_array_equal(ds.responses_withheld.values, withheld)
+    assert np.isnan(ds.responses.values[withheld]).all() and ds.attrs["withheld"] == "responses"
+    assert not np.isnan(ds.responses.values[~withheld][:, :, 0]).any()
+
+
+def test_video_scan_deterministic_and_independent_of_chunking(videos_loaded):
+    again = make_scan(**VIDEO, seed=3, chunk_trials=9).compute()
+    xr.testing.assert_identical(again, videos_loaded)
+
+
+def test_video_release_preset_is_lazy(forbidden_scheduler):
+    with forbidden_scheduler():
+        ds = make_scan(kind="dynamic", preset="release")
+    assert ds.videos.shape == (680, 36, 64, 320) and ds.responses.shape == (680, 8000, 320)
+    assert ds.responses_statistics.shape == (1, 5, 8000, 320)
+    assert ds.responses.data.chunks[0] == ds.videos.data.chunks[0] and 32 * 2**20 <= ds.responses.data.chunks[0][0] * 8000 * 320 * 4 <= 64 * 2**20
+
+
+def test_video_scan_options_are_checked():
+    with pytest.raises(ValueError, match="image_shape is not an option of a dynamic scan"):
+        make_scan(kind="dynamic", image_shape=(1, 2, 3))
+    with pytest.raises(ValueError, match="n_frames is not an option of a static scan"):
+        make_scan(n_frames=10)
+    with pytest.raises(ValueError, match="kind"):
+        make_scan(kind="2023")
+    with pytest.raises(ValueError, match="n_trials=20"):
+        make_scan(kind="dynamic", n_trials=20)
+
+
+@pytest.mark.parametrize("options", [{}, {"competition": True}], ids=["plain", "competition"])
+def test_make_scan_of_a_video_scan_is_what_open_scan_returns(tmp_path, options):
+    ds = make_scan(kind="dynamic", n_trials=50, n_neurons=6, video_shape=(6, 10), n_frames=20, chunk_trials=12, seed=2, **options)
+    for path in (to_folder(ds, tmp_path / ds.attrs["release_name"]), to_folder(ds, tmp_path / "s.zip", zip=True, compression="deflated")):
+        opened = open_scan(path)
+        if path.suffix == ".zip":
+            opened.attrs["release_name"] = ds.attrs["release_name"]
+        xr.testing.assert_identical(opened.compute(), ds.compute())
+        for name, variable in ds.variables.items():
+            assert opened[name].dtype == variable.dtype, name

@@ -50,3 +50,15 @@ def test_local_cluster_with_process_workers(scan_folder: Path, tmp_path: Path, c
         on_cluster = cluster_client.compute(ds.responses.mean("trial")).result()
         xr.testing.assert_allclose(threaded, on_cluster)
         np.testing.assert_array_equal(cluster_client.compute(ds.images).result().values, eager(scan_folder, "images"))
+
+
+def test_a_video_scan_on_a_local_cluster(shared_dynamic: Path, tmp_path: Path, cluster_client) -> None:
+    archive = zip_scan(shared_dynamic, tmp_path / "video.zip", zipfile.ZIP_DEFLATED)
+    for path in (shared_dynamic, archive):
+        ds = neuroxr.open_scan(path, chunks=4)
+        mean_over_time = ds.videos.mean(["y", "x"])  # every video block is read, and its trial lengths checked
+        on_cluster = cluster_client.compute(mean_over_time).result()
+        xr.testing.assert_allclose(on_cluster, mean_over_time.compute(scheduler="threads"))
+        np.testing.assert_allclose(on_cluster.values, eager(shared_dynamic, "videos").mean(axis=(1, 2)), rtol=1e-6)
+        responses = cluster_client.compute(ds.responses).result()
+        np.testing.assert_array_equal(np.isnan(responses.values), np.isnan(ds.responses.values))

@@ -1,12 +1,13 @@
-"""Synthetic Sensorium 2022 scans: a lazy, deterministic stand-in for a real release scan.
+"""Synthetic Sensorium scans (2022 images, 2023 videos): a lazy, deterministic stand-in for a real release scan.
 
 :func:`make_scan` returns the same Dataset that :func:`neuroxr.open_scan` gives for a release scan
 (same names, dtypes, coordinates, attributes and withheld cells), but every data variable is a lazy
 dask array whose blocks are generated on demand from the seed, so even a release-size scan
 (7,000 trials x 8,000 neurons, images 1 x 144 x 256) never sits in memory. :func:`write_scan` writes
-one out in the release layout (folder or .zip).
+one out in the release layout (folder or .zip). ``kind="dynamic"`` makes a 2023 video scan
+(:mod:`neuroxr.synthetic.dynamic` says what it holds).
 
-What the generated data looks like:
+What a generated 2022 scan looks like:
 
 - images: float32 grey levels, integral, 0-255; smooth 1/f textures with a few soft-edged blobs.
   An image is a function of its ``image_id`` alone, so repeats of a test image are identical and
@@ -38,8 +39,9 @@ import xarray as xr
 from neuroxr import datamodel
 from neuroxr.dataset import StatisticsTable, assemble
 from neuroxr.formats.release import to_folder
+from neuroxr.synthetic import dynamic
 from neuroxr.synthetic.images import generate_images
-from neuroxr.synthetic.recipe import ScanRecipe, condition_hash, hashed_trial_idx, parse_scan, timestamps
+from neuroxr.synthetic.recipe import ScanRecipe, along_trials, condition_hash, hashed_trial_idx, neuron_files, parse_scan, timestamps
 from neuroxr.synthetic.responses import generate_responses, neuron_population
 from neuroxr.synthetic.statistics import STIMULUS_SUBSETS, LazyStatistics, lazy_statistics_variable
 
@@ -48,15 +50,23 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": {"n_trials": 240, "n_neurons": 120, "image_shape": (1, 36, 64)},
     "release": {"n_trials": 7000, "n_neurons": 8000, "image_shape": (1, 144, 256)},
 }
+#: The same for video scans (``kind="dynamic"``): trials, neurons, frame shape (H, W), padded frames.
+DYNAMIC_PRESETS: dict[str, dict[str, Any]] = {
+    "small": {"n_trials": 60, "n_neurons": 40, "video_shape": (36, 64), "n_frames": 90},
+    "release": {"n_trials": 680, "n_neurons": 8000, "video_shape": (36, 64), "n_frames": 320},
+}
 
 IMAGE_CLASS = "imagenet"
 
 def make_scan(
     *,
+    kind: str = "static",
     preset: str = "small",
     n_trials: int | None = None,
     n_neurons: int | None = None,
     image_shape: tuple[int, int, int] | None = None,
+    video_shape: tuple[int, int] | None = None,
+    n_frames: int | None = None,
     competition: bool = False,
     behavior_withheld: bool | None = None,
     scan: str = "30001-2-3",
@@ -65,24 +75,48 @@ def make_scan(
 ) -> xr.Dataset:
     """A synthetic scan as the lazy contract Dataset that ``open_scan`` returns for a real one.
 
-    ``preset`` gives the sizes ("small": 240 trials, 120 neurons, images 1 x 36 x 64; "release":
-    7,000 trials, 8,000 neurons, images 1 x 144 x 256); ``n_trials``, ``n_neurons`` and
-    ``image_shape`` override it. ``competition=True`` adds a final_test tier, hashes ``trial_idx``
-    and withholds (NaN) the responses of test and final_test trials; ``behavior_withheld=True``
-    (default None: False) withholds all behavior and pupil_center values (their statistics are
-    then zeros, as in the release).
-    ``chunk_trials`` is the dask chunk along ``trial`` (default: about 64 MB per chunk).
+    ``kind`` is "static" (a 2022 image scan) or "dynamic" (a 2023 video scan). ``preset`` gives the
+    sizes (static "small": 240 trials, 120 neurons, images 1 x 36 x 64; "release": 7,000 trials,
+    8,000 neurons, images 1 x 144 x 256; dynamic "small": 60 trials, 40 neurons, videos 36 x 64 x 90
+    frames; "release": 680 trials, 8,000 neurons, videos 36 x 64 x 320); ``n_trials``, ``n_neurons``,
+    ``image_shape`` (static) and ``video_shape``, ``n_frames`` (dynamic: frame H x W, padded length)
+    override it. ``competition=True`` withholds (NaN) the responses of the test tiers (a static scan
+    also gets a final_test tier and a hashed ``trial_idx``); ``behavior_withheld=True`` (default
+    None: False) withholds all behavior and pupil_center values (their statistics are then zeros, as
+    in the release). ``chunk_trials`` is the dask chunk along ``trial`` (default: about 64 MB per chunk).
 
     >>> ds = make_scan(n_trials=60, n_neurons=20, seed=1)
     >>> ds.responses.shape, str(ds.images.dtype)
     ((60, 20), 'float32')
+    >>> videos = make_scan(kind="dynamic", n_trials=40, n_neurons=10, n_frames=60, competition=True)
+    >>> videos.responses.dims, videos.sizes["frame"], sorted(set(videos.tier.values.tolist()))[:2]
+    (('trial', 'neuron', 'frame'), 60, ['final_test_bonus', 'final_test_main'])
     """
-    if preset not in PRESETS:
-        raise ValueError(f"make_scan: expected preset in {sorted(PRESETS)}, found {preset!r}")
-    sizes = dict(PRESETS[preset])
-    for name, value in (("n_trials", n_trials), ("n_neurons", n_neurons), ("image_shape", image_shape)):
+    if kind not in datamodel.KINDS:
+        raise ValueError(f"make_scan: expected kind in {sorted(datamodel.KINDS)}, found {kind!r}")
+    presets = DYNAMIC_PRESETS if kind == datamodel.DYNAMIC.name else PRESETS
+    if preset not in presets:
+        raise ValueError(f"make_scan: expected preset in {sorted(presets)}, found {preset!r}")
+    sizes = dict(presets[preset])
+    given = {"n_trials": n_trials, "n_neurons": n_neurons, "image_shape": image_shape, "video_shape": video_shape, "n_frames": n_frames}
+    for name, value in given.items():
+        if value is not None and name not in sizes:
+            raise ValueError(f"make_scan: {name} is not an option of a {kind} scan (expected one of {', '.join(sorted(sizes))})")
         if value is not None:
             sizes[name] = value
+    if kind == datamodel.DYNAMIC.name:
+        video_recipe = dynamic.VideoRecipe.build(
+            n_trials=int(sizes["n_trials"]),
+            n_neurons=int(sizes["n_neurons"]),
+            frame_shape=tuple(int(size) for size in sizes["video_shape"]),
+            n_frames=int(sizes["n_frames"]),
+            competition=bool(competition),
+            behavior_withheld=bool(behavior_withheld),
+            scan=scan,
+            seed=int(seed),
+            chunk_trials=chunk_trials,
+        )
+        return dynamic.build_dataset(video_recipe)
     recipe = ScanRecipe.build(
         n_trials=int(sizes["n_trials"]),
         n_neurons=int(sizes["n_neurons"]),
@@ -106,7 +140,7 @@ def release_scan(**kwargs: Any) -> xr.Dataset:
 def write_scan(path: str | Path, *, zip: bool = False, **make_scan_kwargs: Any) -> Path:
     """Write a synthetic scan in the release layout (a folder, or a .zip with ``zip=True``).
 
-    The keyword arguments go to :func:`make_scan`.
+    The keyword arguments go to :func:`make_scan` (``kind="dynamic"`` for a 2023 video scan).
 
     >>> write_scan(tmp / "static30001-2-3-demo", n_trials=40, n_neurons=10)
     PosixPath('.../static30001-2-3-demo')
@@ -134,8 +168,8 @@ def _build_dataset(recipe: ScanRecipe) -> xr.Dataset:
     population = neuron_population(recipe.seed, recipe.n_neurons)
     withheld_rows = recipe.responses_withheld
 
-    def chunked(values: np.ndarray) -> Any:  # dask keys are tokens of the content
-        return da.from_array(values, chunks=(chunk,) + values.shape[1:])
+    def chunked(values: np.ndarray) -> Any:
+        return along_trials(values, chunk)
 
     ids = chunked(recipe.image_ids)
     images = da.map_blocks(
@@ -163,10 +197,7 @@ def _build_dataset(recipe: ScanRecipe) -> xr.Dataset:
         n_neurons=recipe.n_neurons,
         image_shape=recipe.image_shape,
     )  # fmt: skip
-    behavior, pupil_center = recipe.behavior, recipe.pupil_center
-    if recipe.behavior_withheld:
-        behavior = np.full_like(behavior, np.nan)
-        pupil_center = np.full_like(pupil_center, np.nan)
+    behavior, pupil_center = recipe.observed_behavior()
     data = {"images": images, "responses": responses, "behavior": chunked(behavior), "pupil_center": chunked(pupil_center)}
 
     lazy_statistics = LazyStatistics(recipe)
@@ -187,16 +218,7 @@ def _build_dataset(recipe: ScanRecipe) -> xr.Dataset:
         "session": session * constant,
         "scan_idx": scan_idx * constant,
     }
-    n_neurons = recipe.n_neurons
-    neuron_meta = {
-        datamodel.NEURON_INDEX_FILE: population.unit_ids,
-        "area": np.full(n_neurons, "V1"),
-        "layer": population.layer,
-        "animal_ids": np.full(n_neurons, animal, dtype=np.uint16),
-        "sessions": np.full(n_neurons, session, dtype=np.uint8),
-        "scan_idx": np.full(n_neurons, scan_idx, dtype=np.uint8),
-        "cell_motor_coordinates": population.motor_coordinates,
-    }
+    neuron_meta = neuron_files(recipe.scan, population.unit_ids, population.layer, population.motor_coordinates)
     attrs = {"scan": recipe.scan, "release_name": release_name(recipe.scan, recipe.seed), datamodel.WITHHELD_ATTR: recipe.withheld}
     return assemble(
         data=data,

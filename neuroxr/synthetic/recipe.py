@@ -9,6 +9,7 @@ import base64
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -33,9 +34,41 @@ _BEHAVIOR_STREAM = 0xBE4A
 # Shared test and final_test image ids are drawn from this range, as in the release (~100-7500).
 _SHARED_ID_RANGE = (100, 7500)
 
+class Withholding:
+    """What a synthetic scan withholds, from its kind, tiers and flags (shared by the recipes of both kinds)."""
+
+    kind: ClassVar[datamodel.ReleaseKind]
+    n_trials: int
+    tiers: np.ndarray
+    competition: bool
+    behavior_withheld: bool
+    behavior: np.ndarray
+    pupil_center: np.ndarray
+
+    @property
+    def responses_withheld(self) -> np.ndarray:
+        if not self.competition:
+            return np.zeros(self.n_trials, dtype=bool)
+        return np.isin(self.tiers, self.kind.withheld_tiers)
+
+    @property
+    def withheld(self) -> str:
+        """The ``withheld`` attribute: the variables whose withheld cells read NaN."""
+        names = (["responses"] if self.competition else []) + (["behavior", "pupil_center"] if self.behavior_withheld else [])
+        return ",".join(names)
+
+    def observed_behavior(self) -> tuple[np.ndarray, np.ndarray]:
+        """Behaviour and pupil centre as a reader sees them: all NaN when withheld."""
+        if self.behavior_withheld:
+            return np.full_like(self.behavior, np.nan), np.full_like(self.pupil_center, np.nan)
+        return self.behavior, self.pupil_center
+
+
 @dataclass
-class ScanRecipe:
+class ScanRecipe(Withholding):
     """Everything small about a synthetic scan; the big arrays are generated from it per block."""
+
+    kind: ClassVar[datamodel.ReleaseKind] = datamodel.STATIC
 
     scan: str
     seed: int
@@ -97,18 +130,28 @@ class ScanRecipe:
             gains=gains[true_order],
         )
 
-    @property
-    def responses_withheld(self) -> np.ndarray:
-        if not self.competition:
-            return np.zeros(self.n_trials, dtype=bool)
-        return np.isin(self.tiers, datamodel.WITHHELD_TIERS)
 
-    @property
-    def withheld(self) -> str:
-        names = (["responses"] if self.competition else []) + (
-            ["behavior", "pupil_center"] if self.behavior_withheld else []
-        )
-        return ",".join(names)
+def along_trials(values: np.ndarray, chunk: int) -> Any:
+    """A small eager array as a dask array in blocks of ``chunk`` trials (its keys are tokens of the content)."""
+    import dask.array as da
+
+    return da.from_array(values, chunks=(chunk,) + values.shape[1:])
+
+
+def neuron_files(scan: str, unit_ids: np.ndarray, layer: np.ndarray, motor_coordinates: np.ndarray) -> dict[str, np.ndarray]:
+    """The ``meta/neurons`` arrays of a synthetic scan (unit ids, area, layer, ids of the scan, coordinates)."""
+    animal, session, scan_idx = parse_scan(scan)
+    n_neurons = len(unit_ids)
+    return {
+        datamodel.NEURON_INDEX_FILE: unit_ids,
+        "area": np.full(n_neurons, "V1"),
+        "layer": layer,
+        "animal_ids": np.full(n_neurons, animal, dtype=np.uint16),
+        "sessions": np.full(n_neurons, session, dtype=np.uint8),
+        "scan_idx": np.full(n_neurons, scan_idx, dtype=np.uint8),
+        "cell_motor_coordinates": motor_coordinates,
+    }
+
 
 def parse_scan(scan: str) -> tuple[int, int, int]:
     parts = scan.split("-")

@@ -67,14 +67,15 @@ def _train_block(
         responses[batch] = response_batch(images, positions[batch], gains[batch], seed, n_neurons, image_shape)
     return histogram, responses
 
-class LazyStatistics:
-    """Computes all four statistics variables of a synthetic scan once, when first needed.
+class ComputedOnce:
+    """Statistics of every variable of a synthetic scan, computed once (by ``_compute``) when first asked for.
 
-    One pass over the train trials, a block at a time (blocks run in parallel under dask);
-    memory holds the train responses (needed for exact medians) and a few blocks.
+    Picklable: the lock is made anew, the result travels only once computed.
     """
 
-    def __init__(self, recipe: ScanRecipe) -> None:
+    dtype = np.dtype(np.float32)
+
+    def __init__(self, recipe: Any) -> None:
         self._recipe = recipe
         self._lock = threading.Lock()
         self._result: dict[str, np.ndarray] | None = None
@@ -88,17 +89,30 @@ class LazyStatistics:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def shape(self, variable: str) -> tuple[int, ...]:
-        """(subset, statistic, ...): images statistics are scalars, the others one per element of a trial."""
-        sizes = {"neuron": self._recipe.n_neurons, **{dim: len(labels) for dim, labels in datamodel.LABELS.items()}}
-        trailing = () if variable == "images" else datamodel.DATA_DIMS[variable]
-        return (len(STIMULUS_SUBSETS), len(datamodel.STATISTICS), *(sizes[dim] for dim in trailing))
-
     def get(self, variable: str) -> np.ndarray:
         with self._lock:
             if self._result is None:
                 self._result = self._compute()
         return self._result[variable]
+
+    def _compute(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class LazyStatistics(ComputedOnce):
+    """Computes all four statistics variables of a synthetic scan once, when first needed.
+
+    One pass over the train trials, a block at a time (blocks run in parallel under dask);
+    memory holds the train responses (needed for exact medians) and a few blocks.
+    """
+
+    _recipe: ScanRecipe
+
+    def shape(self, variable: str) -> tuple[int, ...]:
+        """(subset, statistic, ...): images statistics are scalars, the others one per element of a trial."""
+        sizes = {"neuron": self._recipe.n_neurons, **{dim: len(labels) for dim, labels in datamodel.LABELS.items()}}
+        trailing = () if variable == "images" else datamodel.DATA_DIMS[variable]
+        return (len(STIMULUS_SUBSETS), len(datamodel.STATISTICS), *(sizes[dim] for dim in trailing))
 
     def _compute(self) -> dict[str, np.ndarray]:
         import dask
@@ -137,13 +151,13 @@ class LazyStatistics:
         return result
 
 class _StatisticsArray(BackendArray):
-    """One statistics variable as a lazy (not dask) array, computed on first access."""
+    """One statistics variable as a lazy (not dask) array, computed on first access (by ``source.get``)."""
 
     def __init__(self, source: LazyStatistics, variable: str) -> None:
         self.source = source
         self.variable = variable
         self.shape = source.shape(variable)
-        self.dtype = np.dtype(np.float32)
+        self.dtype = source.dtype
 
     def __getitem__(self, key: Any) -> np.ndarray:
         return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.BASIC, self._get)
@@ -151,5 +165,6 @@ class _StatisticsArray(BackendArray):
     def _get(self, key: Any) -> np.ndarray:
         return self.source.get(self.variable)[key]
 
-def lazy_statistics_variable(source: LazyStatistics, variable: str) -> Any:
+def lazy_statistics_variable(source: Any, variable: str) -> Any:
+    """``variable``'s statistics from ``source`` (``shape(variable)``, ``get(variable)``, ``dtype``), lazily, cached."""
     return indexing.MemoryCachedArray(indexing.LazilyIndexedArray(_StatisticsArray(source, variable)))

@@ -12,7 +12,10 @@ hold the k-th trial along the Dataset's ``trial`` dimension, whatever its ``tria
 named by its ``sensorium_file`` attribute (the contract's coordinates fall back to their release
 names when the attribute is missing); derived coordinates such as ``responses_withheld`` and any
 other coordinate without a release file are not written. Withheld cells are written as the
-release ships them: zeros. Statistics that are all NaN stand for absent files and are not written.
+release ships them: zeros (in a video scan, the trial's frames: the padding after ``n_frames`` is
+written as it is). Statistics that are all NaN stand for absent files and are not written; a
+statistics file stored in another dtype than its variable is written back in it. Both kinds of
+scan (``data/images`` and ``data/videos``) are written the same way.
 
 Every .npy file is byte-identical to what ``np.save`` writes for the same array. Data is streamed
 block by block along the Dataset's dask chunks, so a scan larger than memory can be written.
@@ -88,9 +91,9 @@ def _meta_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
 
 
 def _statistics_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    """Release path -> array of every statistics file present (not all NaN)."""
+    """Release path -> array of every statistics file present (not all NaN), in its stored dtype."""
     files: dict[str, np.ndarray] = {}
-    for variable in datamodel.DATA_VARIABLES:
+    for variable in datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs).data_variables:
         name = datamodel.statistics_name(variable)
         if name not in ds:
             continue
@@ -102,13 +105,15 @@ def _statistics_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
                 statistics = statistics.expand_dims(dim)
         statistics = statistics.transpose("subset", "statistic", ...)
         folder = str(statistics.attrs.get(datamodel.FILE_ATTR, f"{datamodel.STATISTICS_DIR}/{variable}"))
+        stored = dict(str(entry).rsplit("=", 1) for entry in np.atleast_1d(statistics.attrs.get(datamodel.FILE_DTYPES_ATTR, [])))
         values = statistics.values
         for i, subset in enumerate(statistics["subset"].values.tolist()):
             for j, statistic in enumerate(statistics["statistic"].values.tolist()):
                 array = np.asarray(values[i, j])
                 if array.dtype.kind == "f" and np.isnan(array).all():
                     continue
-                files[f"{folder}/{subset}/{statistic}.npy"] = array
+                dtype = stored.get(f"{subset}/{statistic}")
+                files[f"{folder}/{subset}/{statistic}.npy"] = array.astype(dtype) if dtype else array
     return files
 
 
@@ -122,6 +127,7 @@ class _DataFiles:
     header: bytes
     zero_rows: np.ndarray | None  # trials whose values are withheld (written as zeros)
     zero_nan: bool  # write NaN cells as zeros (the variable is named in attrs["withheld"])
+    n_frames: np.ndarray | None = None  # a video scan: only each trial's first n_frames (last axis) are zeroed
 
     @property
     def bytes_per_trial(self) -> int:
@@ -133,10 +139,14 @@ class _DataFiles:
         rows = None if self.zero_rows is None else self.zero_rows[start : start + len(values)]
         if (rows is not None and rows.any()) or self.zero_nan:
             values = values.copy()  # never modify the computed array in place: it may be a view
+            inside = np.ones(values.shape, dtype=bool)  # the cells of the trial (not its padding)
+            if self.n_frames is not None:
+                frames = np.arange(values.shape[-1]) < self.n_frames[start : start + len(values), None]
+                inside = np.broadcast_to(frames.reshape(len(values), *(1,) * (values.ndim - 2), -1), values.shape)
             if rows is not None:
-                values[rows] = 0
+                values[inside & rows.reshape(-1, *(1,) * (values.ndim - 1))] = 0
             if self.zero_nan and values.dtype.kind == "f":
-                values[np.isnan(values)] = 0
+                values[inside & np.isnan(values)] = 0
         return values
 
 
@@ -145,8 +155,12 @@ def _data_files(ds: xr.Dataset) -> list[_DataFiles]:
     withheld_rows = None
     if datamodel.WITHHELD_COORD in ds.coords and ds[datamodel.WITHHELD_COORD].dims == ("trial",):
         withheld_rows = np.asarray(ds[datamodel.WITHHELD_COORD].values, dtype=bool)
+    kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
+    n_frames = None
+    if datamodel.N_FRAMES in ds.coords and ds[datamodel.N_FRAMES].dims == ("trial",):
+        n_frames = np.asarray(ds[datamodel.N_FRAMES].values, dtype=np.int64)
     plan = []
-    for name in datamodel.DATA_VARIABLES:
+    for name in kind.data_variables:
         if name not in ds.data_vars:
             continue
         variable = ds[name].variable
@@ -165,6 +179,7 @@ def _data_files(ds: xr.Dataset) -> list[_DataFiles]:
                 header=header_bytes(variable.dtype, variable.shape[1:]),
                 zero_rows=zero_rows,
                 zero_nan=zero_nan,
+                n_frames=n_frames if n_frames is not None and variable.dims[-1] == kind.time_dim else None,
             )
         )
     return plan
