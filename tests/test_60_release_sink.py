@@ -241,3 +241,40 @@ def test_round_trip_through_open_scan_is_byte_identical(written, synthetic, tmp_
     ds = open_scan(source)
     again = to_folder(ds, tmp_path / "again")
     assert all_files(again) == all_files(written)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2023 video scans
+
+
+@pytest.mark.parametrize("archive", [None, "stored", "deflated"])
+def test_a_video_scan_goes_back_to_its_files_byte_for_byte(shared_dynamic: Path, tmp_path: Path, archive) -> None:
+    """A scan written with np.save (mixed float32 and float64, time-resolved statistics, withheld zeros with NaN padding)."""
+    ds = open_scan(shared_dynamic)
+    assert ds.responses_withheld.any() and ds.attrs["withheld"] == "responses"
+    if archive is None:
+        copy = to_folder(ds, tmp_path / "copy")
+        assert all_files(copy) == all_files(shared_dynamic)
+        return
+    path = to_folder(ds, tmp_path / "copy.zip", zip=True, compression=None if archive == "stored" else archive)
+    with zipfile.ZipFile(path) as zipped:
+        members = {name.split("/", 1)[1]: zipped.read(name) for name in zipped.namelist() if not name.endswith("/")}
+        assert {info.compress_type for info in zipped.infolist() if not info.is_dir()} == {
+            zipfile.ZIP_STORED if archive == "stored" else zipfile.ZIP_DEFLATED
+        }
+    assert members == all_files(shared_dynamic)
+
+
+def test_withheld_video_responses_are_written_as_zeros_inside_the_trial(tmp_path: Path) -> None:
+    ds = make_scan(kind="dynamic", n_trials=50, n_neurons=5, video_shape=(4, 6), n_frames=30, competition=True, seed=1)
+    path = to_folder(ds, tmp_path / "scan")
+    lengths = ds.n_frames.values
+    for trial in np.flatnonzero(ds.responses_withheld.values).tolist():
+        written = np.load(path / "data" / "responses" / f"{trial}.npy")
+        assert (written[:, : lengths[trial]] == 0).all() and np.isnan(written[:, lengths[trial] :]).all()
+    for name in ("videos", "behavior", "pupil_center"):
+        trial = int(np.argmin(lengths))
+        assert (path / "data" / name / f"{trial}.npy").read_bytes() == saved(ds[name].values[trial])
+    assert (path / "meta" / "trials" / "tiers.npy").read_bytes() == saved(ds.tier.values)
+    assert not (path / "meta" / "trials" / "n_frames.npy").exists()  # derived, not a release file
+    assert sorted(p.name for p in (path / "meta" / "statistics").iterdir()) == ["behavior", "pupil_center", "responses", "videos"]

@@ -400,3 +400,34 @@ def test_write_error_on_a_full_device_is_named(tiny, tmp_path: Path, monkeypatch
 def test_missing_target_folder_is_a_clear_error(tiny, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         to_zarr(tiny(), tmp_path / "absent" / "scan.zarr")
+
+
+# ----------------------------------------------------------------------------------------------
+# 2023 video scans, alone and beside an image scan
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_video_scan_round_trips_identical(shared_dynamic: Path, tmp_path: Path, fmt: str) -> None:
+    write, read, suffix, plain = FORMATS[fmt]
+    for mask in (True, False):
+        ds = neuroxr.open_scan(shared_dynamic, mask_withheld=mask, chunks=8)
+        path = write(ds, tmp_path / f"scan-{mask}{suffix}")
+        back = read(path)
+        expected = ds.load()
+        xr.testing.assert_identical(back, expected)
+        assert_same_dtypes(back, expected)
+        assert back.videos.chunks == ((8, 8, 5), (4,), (6,), (12,))  # whole trials per chunk: every frame of a trial together
+        assert back.attrs["frame_rate"] == 30.0 and back.time.attrs["units"] == "s"
+        with plain(path) as opened:  # plain xarray reads it as well
+            np.testing.assert_array_equal(opened.n_frames.values, ds.n_frames.values)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_a_tree_of_image_and_video_scans_round_trips(mixed_release: Path, tmp_path: Path, fmt: str) -> None:
+    write, read, suffix, _ = FORMATS[fmt]
+    tree = neuroxr.open_datatree(mixed_release)
+    back = read(write(tree, tmp_path / f"mixed{suffix}"))
+    assert isinstance(back, xr.DataTree) and back.attrs == tree.attrs
+    for name in tree.children:
+        xr.testing.assert_identical(back[name].to_dataset().load(), tree[name].to_dataset().load())
+    assert back["29515-10-12"].to_dataset().videos.dims == ("trial", "y", "x", "frame")

@@ -340,3 +340,11 @@ def test_row_sources_read_each_block_once(tmp_path: Path) -> None:
     finally:
         spilled.close()
     assert not (tmp_path / "rows.raw").exists()
+
+
+def test_video_scans_are_refused_before_anything_is_written(shared_dynamic: Path, mixed_release: Path, tmp_path: Path) -> None:
+    with pytest.raises(neuroxr.DatasetError, match=r"video scan \(sensorium-2023-dynamic\).*to_netcdf or neuroxr.to_zarr"):
+        to_nwb(neuroxr.open_scan(shared_dynamic), tmp_path / "video.nwb")
+    with pytest.raises(neuroxr.DatasetError, match="scan 29515-10-12 is a video scan"):
+        to_nwb(neuroxr.open_datatree(mixed_release), tmp_path / "mixed")
+    assert list(tmp_path.iterdir()) == []

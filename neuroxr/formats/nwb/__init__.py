@@ -18,6 +18,8 @@ from typing import Any
 
 import xarray as xr
 
+from neuroxr import datamodel
+from neuroxr.errors import DatasetError
 from neuroxr.formats._prepare import data_sources, node_datasets, uncompressed_bytes
 from neuroxr.formats._write import write_atomically
 from neuroxr.formats.nwb.mapping import NWB_SUFFIX, json_attrs
@@ -83,8 +85,21 @@ def to_nwb(
 
     else:
         raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")
+    _refuse_video_scans(data)
     needed = None if compression else uncompressed_bytes(node_datasets(data))
     return write_atomically(path, write, sources=data_sources(data), overwrite=overwrite, needed_bytes=needed)
+
+
+def _refuse_video_scans(data: xr.Dataset | xr.DataTree) -> None:
+    """NWB export of 2023 video scans is not written yet: say so before anything is written."""
+    for where, ds in node_datasets(data).items():
+        kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
+        if kind.time_dim is not None and kind.time_dim in ds.dims:
+            scan = ds.attrs.get("scan", where)
+            raise DatasetError(
+                f"to_nwb: scan {scan} is a video scan ({kind.format}); NWB export of video scans is not "
+                "supported yet: export it with neuroxr.to_netcdf or neuroxr.to_zarr"
+            )
 
 
 def _tree_scans(tree: xr.DataTree) -> dict[str, xr.Dataset]:
