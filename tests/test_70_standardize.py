@@ -8,7 +8,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import write_tiny_scan
+from conftest import write_tiny_dynamic_scan, write_tiny_scan
 
 from neuroxr import datamodel as model
 from neuroxr import open_scan
@@ -217,3 +217,72 @@ def test_neuroxr_standardize_is_the_function(opened):
     ds = opened()
     assert neuroxr.standardize is standardize
     assert neuroxr.standardize(ds).attrs["standardized"] == "images,responses,behavior,pupil_center"
+
+
+# --------------------------------------------------------------------------------------------------
+# 2023 video scans: NeuroNormalizer(in_name="videos") on the uncut, NaN-padded trials
+
+
+def _official_video(ds: xr.Dataset) -> dict[str, np.ndarray]:
+    """neuralpredictors@43faede NeuroNormalizer with in_name="videos", trial by trial, on the stored arrays."""
+    ds = ds.compute()
+    s = _stored(ds, "responses", "std")
+    threshold = 0.01 * np.nanmean(s)  # over every entry, frames included
+    idx = s > threshold
+    precision = np.ones_like(s) / threshold
+    precision[idx] = 1 / s[idx]
+    out = {name: [] for name in model.DYNAMIC.data_variables}
+    for trial in range(ds.sizes["trial"]):
+        out["videos"].append((ds.videos.values[trial] - _stored(ds, "videos", "mean")) / _stored(ds, "videos", "std"))
+        out["responses"].append(ds.responses.values[trial] * precision)
+        out["behavior"].append(ds.behavior.values[trial] * (1 / _stored(ds, "behavior", "std")))
+        pupil = ds.pupil_center.values[trial]
+        out["pupil_center"].append((pupil - _stored(ds, "pupil_center", "mean")) / _stored(ds, "pupil_center", "std"))
+    return {name: np.stack(values) for name, values in out.items()}
+
+
+def test_video_scans_are_standardized_as_the_2023_loader_does(shared_dynamic):
+    ds = open_scan(shared_dynamic, chunks=4, mask_withheld=False)
+    result = standardize(ds)
+    assert result.attrs["standardized"] == "videos,responses,behavior,pupil_center"
+    assert isinstance(result.videos.data, da.Array) and result.videos.dims == ("trial", "y", "x", "frame")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # frames no train trial reaches have NaN statistics
+        expected = _official_video(ds)
+    for name, values in expected.items():
+        np.testing.assert_allclose(result[name].values, values, rtol=1e-6, equal_nan=True, err_msg=name)
+        assert np.array_equal(np.isnan(result[name].values), np.isnan(values)), name  # padding stays NaN
+    assert "transform" not in result.videos.attrs and result.videos.attrs["standardization"].startswith("(x - mean) / std")
+    precision = response_precision(ds)
+    assert precision.dims == ("neuron", "frame")
+
+
+def test_train_statistics_of_a_video_scan_leave_the_padding_out(shared_dynamic):
+    ds = open_scan(shared_dynamic, chunks=4)
+    stats = train_statistics(ds)
+    for name in model.DYNAMIC.data_variables:
+        for statistic in ("mean", "std"):
+            computed = stats[model.statistics_name(name)].sel(subset="all", statistic=statistic).values
+            np.testing.assert_allclose(computed, _stored(ds, name, statistic), rtol=2e-6, equal_nan=True, err_msg=f"{name} {statistic}")
+    assert stats.videos_statistics.dims == ("subset", "statistic", "y", "x", "frame")  # per pixel and frame, as the release
+    standardized = standardize(ds, statistics="train")
+    assert standardized.attrs["standardization_statistics"] == "train" and standardized.responses.dims == ("trial", "neuron", "frame")
+
+
+def test_video_statistics_of_other_shapes_are_used_by_name(tmp_path):
+    scan = write_tiny_dynamic_scan(tmp_path / "a")
+    for stat in ("mean", "std", "min", "max", "median"):  # per-neuron response statistics, (N, 1)
+        path = scan / "meta" / "statistics" / "responses" / "all" / f"{stat}.npy"
+        np.save(path, np.nanmean(np.load(path), axis=1, keepdims=True))
+    ds = open_scan(scan, mask_withheld=False)
+    std = ds.responses_statistics.sel(subset="all", statistic="std").values  # (N, 1)
+    threshold = 0.01 * np.nanmean(std)
+    expected = ds.responses.values * np.where(std > threshold, 1 / std, 1 / threshold)
+    np.testing.assert_allclose(standardize(ds).responses.values, expected, rtol=1e-6, equal_nan=True)
+    longer = open_scan(write_tiny_dynamic_scan(tmp_path / "b", statistics_frames=14), mask_withheld=False)
+    assert longer.sizes["videos_statistics_frame"] == 14
+    mean = longer.videos_statistics.sel(subset="all", statistic="mean").values[..., :12]  # cropped to the trials' frames
+    std = longer.videos_statistics.sel(subset="all", statistic="std").values[..., :12]
+    np.testing.assert_allclose(standardize(longer).videos.values, (longer.videos.values - mean) / std, rtol=1e-6, equal_nan=True)
+    shorter = open_scan(write_tiny_dynamic_scan(tmp_path / "c", statistics_frames=10), mask_withheld=False)
+    assert np.isnan(standardize(shorter).videos.values[..., 10:]).all()  # no statistics for the last two frames

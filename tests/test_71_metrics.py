@@ -338,3 +338,132 @@ def test_synthetic_scan_test_tier_equals_the_official_metrics():
         np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=1e-6, err_msg=name)
     assert np.nanmean(ours["oracle"]) > 0  # repeats of a test image correlate
     assert metrics.summary(predictions, gt) == pytest.approx(leaderboard, abs=1e-6, nan_ok=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2023: the official video metric (sensorium_2023 sensorium/utility/scores.py), transcribed
+
+
+def official_2023_correlations(targets, outputs, skip=50):
+    """``model_predictions`` + ``get_correlations``: per trial (N, T) arrays, frames [skip:] of each, in float32."""
+    target = np.concatenate([np.asarray(t, np.float32)[:, skip:] for t in targets], axis=1).T
+    output = np.concatenate([np.asarray(o, np.float32)[:, skip:] for o in outputs], axis=1).T
+    with np.errstate(all="ignore"):
+        correlations = official_corr(target, output, axis=0)
+    correlations[np.isnan(correlations)] = 0
+    return correlations
+
+
+def video_trials(n_trials=9, n_neurons=6, frames=70, seed=0):
+    """Responses (trial, neuron, frame) of several lengths, NaN-padded, a constant and a NaN-holding neuron, as a Dataset."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(55, frames + 1, n_trials)
+    lengths[0] = frames
+    responses = rng.gamma(0.7, 1.0, (n_trials, n_neurons, frames))
+    predictions = 0.6 * responses + rng.normal(0, 0.5, responses.shape)
+    responses[:, 1] = 0.25  # a constant neuron: the official corr is 0 (eps), not NaN
+    responses[2, 2, 60] = np.nan  # a NaN inside a trial: that neuron's correlation is NaN, set to 0
+    padding = np.arange(frames) >= lengths[:, None]
+    responses[np.broadcast_to(padding[:, None], responses.shape)] = np.nan
+    predictions[np.broadcast_to(padding[:, None], predictions.shape)] = np.nan  # a model's output is only ever cut to length
+    ds = xr.Dataset(
+        {"responses": (("trial", "neuron", "frame"), responses.astype(np.float32))},
+        coords={"trial": np.arange(n_trials), "neuron": np.arange(1, n_neurons + 1), "n_frames": ("trial", lengths),
+                "frame": np.arange(frames)},  # fmt: skip
+    )
+    return ds, predictions, lengths
+
+
+@pytest.mark.parametrize("chunk", [None, 2, 4])
+def test_the_2023_metric_equals_the_official_formula(chunk) -> None:
+    ds, predictions, lengths = video_trials()
+    responses = ds.responses if chunk is None else ds.responses.chunk({"trial": chunk})
+    ours = metrics.single_trial_correlation(predictions, responses)
+    targets = [ds.responses.values[i][:, : lengths[i]] for i in range(len(lengths))]
+    outputs = [predictions[i][:, : lengths[i]] for i in range(len(lengths))]
+    expected = official_2023_correlations(targets, outputs)
+    np.testing.assert_allclose(ours.values, expected, rtol=0, atol=1e-6)
+    assert ours.dims == ("neuron",) and ours.values[1] == 0 and ours.values[2] == 0
+    assert (np.abs(ours.values[[0, 3, 4, 5]]) > 0.1).all()
+    for skip in (0, 20):
+        ours = metrics.single_trial_correlation(predictions, responses, skip=skip).values
+        np.testing.assert_allclose(ours, official_2023_correlations(targets, outputs, skip=skip), rtol=0, atol=1e-6)
+    board = metrics.leaderboard(predictions, responses)
+    assert board == {"single_trial_correlation": pytest.approx(float(expected.mean()), abs=1e-6)}
+
+
+def test_the_2023_metric_on_a_scan_opened_with_open_scan(shared_dynamic) -> None:
+    ds = standardize(open_scan(shared_dynamic, chunks=4))
+    train = ds.sel(trial=ds.tier == "train")
+    rng = np.random.default_rng(3)
+    predictions = train.responses.fillna(0) + rng.normal(0, 0.3, train.responses.shape)
+    ours = metrics.single_trial_correlation(predictions, train, skip=3)
+    lengths = train.n_frames.values
+    responses = train.responses.values
+    expected = official_2023_correlations([responses[i][:, : n] for i, n in enumerate(lengths)],
+                                          [predictions.values[i][:, : n] for i, n in enumerate(lengths)], skip=3)  # fmt: skip
+    np.testing.assert_allclose(ours.values, expected, atol=1e-6)
+    with pytest.raises(ValueError, match="withholds"):
+        metrics.single_trial_correlation(ds.responses, ds)
+
+
+def test_clip_ids_group_identical_videos(shared_dynamic) -> None:
+    ds = open_scan(shared_dynamic, chunks=5)
+    ids = metrics.clip_ids(ds)
+    assert ids.dims == ("trial",) and ids.name == "clip_id" and ids.dtype == np.dtype("<U16")
+    videos = ds.videos.values
+    for a in range(ds.sizes["trial"]):
+        for b in range(a + 1, ds.sizes["trial"]):
+            same = np.array_equal(videos[a], videos[b], equal_nan=True)
+            assert (ids.values[a] == ids.values[b]) == same
+    oracle = metrics.clip_ids(ds, tier="oracle")
+    assert (oracle.values[ds.tier.values != "oracle"] == "").all()
+    np.testing.assert_array_equal(oracle.values[ds.tier.values == "oracle"], ids.values[ds.tier.values == "oracle"])
+    np.testing.assert_array_equal(metrics.clip_ids(ds.load()).values, ids.values)  # numpy and dask alike
+    with pytest.raises(ValueError, match="expected a video scan"):
+        metrics.clip_ids(ds.drop_vars("videos"))
+
+
+def official_repeat_metrics(responses, predictions, lengths, clips, skip):
+    """neuroxr's 2023 extension, written out plainly: per clip, frames [skip:n] of every repeat."""
+    groups = [np.flatnonzero(clips == clip) for clip in np.unique(clips)]
+    cut = lambda values, trial: values[trial][:, skip : lengths[trial]]  # noqa: E731
+    mean_r = [np.mean([cut(responses, t) for t in trials], axis=0) for trials in groups]
+    mean_p = [np.mean([cut(predictions, t) for t in trials], axis=0) for trials in groups]
+    average = official_2023_correlations(mean_r, mean_p, skip=0)
+    samples_r = np.concatenate([cut(responses, t) for t in range(len(lengths))], axis=1)
+    samples_p = np.concatenate([cut(predictions, t) for t in range(len(lengths))], axis=1)
+    total = samples_r.var(axis=1, ddof=1)
+    noise = np.concatenate([np.var([cut(responses, t) for t in trials], axis=0, ddof=1) for trials in groups], axis=1).mean(axis=1)
+    mse = ((samples_r - samples_p) ** 2).mean(axis=1)
+    fev = (total - noise) / total
+    feve = 1 - (mse - noise) / (total - noise)
+    return average, fev, feve
+
+
+@pytest.mark.parametrize("chunk", [None, 3])
+def test_correlation_to_average_and_feve_over_repeated_clips(chunk) -> None:
+    rng = np.random.default_rng(5)
+    clips = np.array([7, 7, 7, 9, 9, 4, 4, 4, 4])  # three clips, of 3, 2 and 4 repeats
+    lengths = np.array([66, 66, 66, 70, 70, 58, 58, 58, 58])
+    signal = {clip: rng.gamma(1.0, 1.0, (5, 70)) for clip in np.unique(clips)}
+    responses = np.stack([signal[clip] + rng.normal(0, 0.4, (5, 70)) for clip in clips])
+    predictions = np.stack([signal[clip] * 0.8 + rng.normal(0, 0.3, (5, 70)) for clip in clips])
+    padding = np.arange(70) >= lengths[:, None]
+    responses[np.broadcast_to(padding[:, None], responses.shape)] = np.nan
+    ds = xr.Dataset({"responses": (("trial", "neuron", "frame"), responses)},
+                    coords={"n_frames": ("trial", lengths), "clip_id": ("trial", clips.astype(str))})  # fmt: skip
+    gt = ds.responses if chunk is None else ds.responses.chunk({"trial": chunk})
+    average, fev, feve = official_repeat_metrics(responses, predictions, lengths, clips.astype(str), skip=10)
+    np.testing.assert_allclose(metrics.correlation_to_average(predictions, gt, skip=10).values, average, atol=1e-6)
+    scores = metrics.feve(predictions, gt, skip=10, fev_threshold=-np.inf)
+    np.testing.assert_allclose(scores.fev.values, fev, atol=1e-9)
+    np.testing.assert_allclose(scores.feve.values, feve, atol=1e-9)
+    oracle = metrics.oracle_correlation(gt, skip=10)
+    assert oracle.dims == ("neuron",) and (oracle.values > 0.5).all()
+    board = metrics.leaderboard(predictions, gt, skip=10, fev_threshold=-np.inf)
+    assert board["feve"] == pytest.approx(feve.mean(), abs=1e-9) and board["correlation_to_average"] == pytest.approx(average.mean(), abs=1e-6)
+    with pytest.raises(ValueError, match="clip_ids"):
+        metrics.feve(predictions, gt.drop_vars("clip_id"))
+    with pytest.raises(ValueError, match="clips shown more than once"):
+        metrics.correlation_to_average(predictions[[0, 3]], gt.isel(trial=[0, 3]))

@@ -1,13 +1,21 @@
 """Standardisation: a scan on the scale the official Sensorium loader feeds to models.
 
 ``standardize`` applies what neuralpredictors' ``NeuroNormalizer`` does trial by trial, to the whole
-Dataset at once and lazily:
+Dataset at once and lazily, for both releases (the 2023 loader builds it with ``in_name="videos"``: the
+statistics of ``videos`` take the place of those of ``images``):
 
-- ``images``: ``(x - mean) / std`` with the image statistics (scalars in the release);
-- ``responses``: ``x * precision`` per neuron, ``precision = 1 / std``, where a std at or below 1% of the
-  mean std over neurons is replaced by that threshold (the "standardised responses" the metrics use);
+- ``images`` / ``videos``: ``(x - mean) / std`` with the stimulus statistics (scalars in 2022,
+  per pixel and frame in 2023);
+- ``responses``: ``x * precision``, ``precision = 1 / std``, where a std at or below 1% of the mean of
+  every std entry (over neurons, and frames where the statistics are time-resolved) is replaced by that
+  threshold (the "standardised responses" the metrics use);
 - ``behavior``: ``x / std`` (no mean subtraction, as the official loader does);
 - ``pupil_center``: ``(x - mean) / std``.
+
+Statistics broadcast by dimension name. Stored statistics with a size-1 axis the data lack ((N, 1), as
+numpy broadcasting wants them) are squeezed; statistics of a video scan with another number of frames
+than its trials (``<name>_statistics_frame``) are used frame by frame, cropped to the trials' frames,
+NaN for frames they lack.
 
 The statistics are the stored ones (``*_statistics``, subset ``all``, computed on the train tier by the
 release), or, with ``statistics="train"``, computed lazily from the train tier of the Dataset itself
@@ -38,6 +46,7 @@ StatisticsSource = Literal["stored", "train"]
 
 _TRANSFORMS = {
     "images": "(x - mean) / std",
+    "videos": "(x - mean) / std",
     "responses": "x * precision, precision = 1 / max(std, 0.01 * mean over neurons of std)",
     "behavior": "x / std",
     "pupil_center": "(x - mean) / std",
@@ -45,10 +54,10 @@ _TRANSFORMS = {
 
 
 def response_precision_from_std(std: np.ndarray) -> np.ndarray:
-    """The official response precision of a per-neuron std, along the last axis.
+    """The official response precision of a std array (per neuron, or per neuron and frame).
 
-    ``threshold = 0.01 * nanmean(std)``; ``precision = 1 / std`` where ``std > threshold``, else
-    ``1 / threshold``; NaN where the threshold is not positive.
+    ``threshold = 0.01 * nanmean(std)`` over every entry; ``precision = 1 / std`` where
+    ``std > threshold``, else ``1 / threshold`` (NaN entries too); NaN where the threshold is not positive.
 
     >>> response_precision_from_std(np.array([2.0, 0.0, 4.0], dtype=np.float32))
     array([ 0.5 , 50.  ,  0.25], dtype=float32)
@@ -56,7 +65,7 @@ def response_precision_from_std(std: np.ndarray) -> np.ndarray:
     std = np.asarray(std)
     with np.errstate(divide="ignore", invalid="ignore"):
         known = ~np.isnan(std)
-        mean_std = np.where(known, std, 0).sum(axis=-1, keepdims=True) / known.sum(axis=-1, keepdims=True)
+        mean_std = np.where(known, std, 0).sum(keepdims=True) / known.sum(keepdims=True)
         threshold = RESPONSE_STD_FLOOR * mean_std.astype(std.dtype)
         above = std > threshold
         precision = np.where(above, 1 / np.where(above, std, 1), 1 / threshold)
@@ -84,11 +93,23 @@ def _statistic(statistics: xr.Dataset, data: xr.DataArray, variable: str, statis
     for dim, label in (("subset", datamodel.MAIN_SUBSET), ("statistic", statistic)):
         if label not in stored.indexes.get(dim, ()):
             raise problem(f"expected {dim}={label!r} in {name!r}, found {list(stored.indexes.get(dim, []))}{hint}")
-    values = stored.sel(subset=datamodel.MAIN_SUBSET, statistic=statistic, drop=True)
+    values = _aligned_to(stored.sel(subset=datamodel.MAIN_SUBSET, statistic=statistic, drop=True), data, variable)
     if not set(values.dims) <= set(data.dims):
         raise problem(f"expected statistics over dims of {variable!r} {data.dims}, found {values.dims}")
     if values.chunks is None and bool(values.isnull().all()):
         raise problem(f"expected stored {statistic} values, found only NaN (file absent){hint}")
+    return values
+
+
+def _aligned_to(values: xr.DataArray, data: xr.DataArray, variable: str) -> xr.DataArray:
+    """Statistics on the data's dims: size-1 axes of their own squeezed, another time axis put on ``frame``."""
+    for dim in [dim for dim in values.dims if dim not in data.dims]:
+        if values.sizes[dim] == 1:
+            values = values.squeeze(dim, drop=True)
+        elif dim == f"{datamodel.statistics_name(variable)}_{datamodel.FRAME}" and datamodel.FRAME in data.dims:
+            frames = np.arange(values.sizes[dim], dtype=np.int64)
+            values = values.rename({dim: datamodel.FRAME}).assign_coords({datamodel.FRAME: frames})
+            values = values.reindex({datamodel.FRAME: data[datamodel.FRAME].values})
     return values
 
 
@@ -103,17 +124,19 @@ def _train_mask(ds: xr.Dataset) -> np.ndarray:
 
 
 def _block_moments(block: np.ndarray, train: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
-    """Count, sum and sum of squared deviations (from the block's own mean) of the block's train trials.
+    """Count, sum and sum of squared deviations (from the block's own mean) of the block's train values.
 
-    Reduced over ``axes`` (trial is axis 0) with the dims kept, stacked along a new axis 1.
+    NaN (the padding of video trials, withheld cells) is left out. Reduced over ``axes`` (trial is
+    axis 0) with the dims kept, stacked along a new axis 1.
     """
     values = block[train].astype(np.float64)
-    count = int(np.prod([values.shape[axis] for axis in axes]))
-    total = values.sum(axis=axes, keepdims=True)
+    known = ~np.isnan(values)
+    count = known.sum(axis=axes, keepdims=True).astype(np.float64)
+    total = np.where(known, values, 0).sum(axis=axes, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
-        deviations = values - total / count
+        deviations = np.where(known, values - total / count, 0)
     squares = np.square(deviations, out=deviations).sum(axis=axes, keepdims=True)
-    return np.stack([np.full_like(total, count), total, squares], axis=1)
+    return np.stack([count, total, squares], axis=1)
 
 
 def _combine_moments(moments: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
@@ -128,13 +151,15 @@ def _combine_moments(moments: Any, axes: tuple[int, ...]) -> tuple[Any, Any]:
     return mean.squeeze(axis=axes), np.sqrt(variance).squeeze(axis=axes)
 
 
-def _train_statistics_of(data: xr.DataArray, train: np.ndarray, variable: str) -> xr.DataArray:
-    """Mean and std (``ddof=1``) of the train trials, over trials (and every pixel for images), in one pass.
+def _train_statistics_of(data: xr.DataArray, train: np.ndarray, variable: str, kind: datamodel.ReleaseKind) -> xr.DataArray:
+    """Mean and std (``ddof=1``) of the train trials, over trials (and every pixel for 2022 images), in one pass.
 
-    Accumulated in float64 from per-block moments, kept as float32 like the release's statistics.
+    NaN is left out (a frame no train trial reaches reads NaN). Accumulated in float64 from per-block
+    moments, kept as float32 like the release's statistics.
     """
     data = data.transpose("trial", ...)
-    reduced = tuple(range(data.ndim)) if variable == "images" else (0,)
+    whole = variable == kind.stimulus and not kind.stimulus_statistics_per_element
+    reduced = tuple(range(data.ndim)) if whole else (0,)
     kept = [dim for axis, dim in enumerate(data.dims) if axis not in reduced]
     if data.chunks is None:
         moments = _block_moments(np.asarray(data.values), train, reduced)
@@ -157,7 +182,8 @@ def _train_statistics_of(data: xr.DataArray, train: np.ndarray, variable: str) -
             dtype=np.float64,
             meta=np.array((), dtype=np.float64),
         )
-    mean, std = _combine_moments(moments, reduced)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean, std = _combine_moments(moments, reduced)
     coords = {name: coord.variable for name, coord in data.coords.items() if set(coord.dims) <= set(kept)}
     statistics = [xr.DataArray(value, dims=kept, coords=coords) for value in (mean, std)]
     values = xr.concat(statistics, "statistic").assign_coords(statistic=["mean", "std"])
@@ -170,8 +196,8 @@ def train_statistics(ds: xr.Dataset, variables: Sequence[str] | None = None) -> 
     """Mean and std (``ddof=1``) of the train-tier trials, laid out like the stored ``*_statistics``.
 
     Lazy when ``ds`` is, one pass over the data; accumulated in float64 and kept in float32 like the
-    release's. Images get one mean and std over every pixel of every train trial; the other variables
-    one per element.
+    release's; NaN (video padding) left out. 2022 images get one mean and std over every pixel of every
+    train trial; the other variables (2023 videos too) one per element.
 
     >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
     >>> stats = train_statistics(ds, ["responses"])
@@ -180,8 +206,9 @@ def train_statistics(ds: xr.Dataset, variables: Sequence[str] | None = None) -> 
     (('neuron',), 'float32')
     """
     train = _train_mask(ds)
-    names = [name for name in datamodel.DATA_VARIABLES if name in ds.data_vars] if variables is None else list(variables)
-    return xr.Dataset({datamodel.statistics_name(name): _train_statistics_of(ds[name], train, name) for name in names})
+    kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
+    names = [name for name in kind.data_variables if name in ds.data_vars] if variables is None else list(variables)
+    return xr.Dataset({datamodel.statistics_name(name): _train_statistics_of(ds[name], train, name, kind) for name in names})
 
 
 def _statistics_source(ds: xr.Dataset, statistics: str, variables: Sequence[str]) -> xr.Dataset:
@@ -192,11 +219,12 @@ def _statistics_source(ds: xr.Dataset, statistics: str, variables: Sequence[str]
 
 
 def _precision(std: xr.DataArray, statistics: str) -> xr.DataArray:
+    every = list(std.dims)  # the threshold is over every entry, frames included
     precision = xr.apply_ufunc(
         response_precision_from_std,
         std,
-        input_core_dims=[["neuron"]],
-        output_core_dims=[["neuron"]],
+        input_core_dims=[every],
+        output_core_dims=[every],
         dask="parallelized",
         output_dtypes=[std.dtype],
         dask_gufunc_kwargs={"allow_rechunk": True},
@@ -237,7 +265,7 @@ def _standardized(ds: xr.Dataset, source: xr.Dataset, variable: str, statistics:
 
 
 def standardize(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> xr.Dataset:
-    """The scan on the official loader's scale: images and pupil z-scored, behaviour / std, responses * precision.
+    """The scan on the official loader's scale: images (videos) and pupil z-scored, behaviour / std, responses * precision.
 
     ``statistics="stored"`` uses the release's ``*_statistics`` (subset ``all``); ``"train"`` computes them
     lazily from the train-tier trials of ``ds`` (as ``train_statistics``). Nothing is computed here: dask
@@ -254,7 +282,8 @@ def standardize(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> x
     if ds.attrs.get(STANDARDIZED_ATTR):
         done = ds.attrs[STANDARDIZED_ATTR]
         raise ValueError(f"expected a Dataset on the stored scale, found one already standardised ({done})")
-    variables = [name for name in datamodel.DATA_VARIABLES if name in ds.data_vars]
+    kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
+    variables = [name for name in kind.data_variables if name in ds.data_vars]
     source = _statistics_source(ds, statistics, variables)
     result = ds.copy()
     for variable in variables:
