@@ -1,7 +1,7 @@
 """The ``neuroxr`` command: a thin layer over the package's functions.
 
-    neuroxr demo [DIR]              write a synthetic scan (folder and .zip), open it, show it
-    neuroxr info PATH               sizes, tiers, neurons per area and layer, what is withheld
+    neuroxr demo [DIR] [--dynamic]  write a synthetic scan (folder and .zip), open it, show it
+    neuroxr info PATH               sizes, frames, trial lengths, tiers, neurons per area and layer, what is withheld
     neuroxr validate PATH           check every file of a scan; exit 1 if any problem
     neuroxr convert SRC DEST        to .nc, .zarr, .nwb, a .zip or a folder (release layout)
     neuroxr plot PATH -o FILE.png   a one-page summary figure
@@ -32,11 +32,15 @@ def _demo(args: argparse.Namespace) -> int:
 
     target = Path(args.dir)
     target.mkdir(parents=True, exist_ok=True)
-    synthetic = make_scan(n_trials=args.trials, n_neurons=args.neurons, competition=args.competition)
+    kind = "dynamic" if args.dynamic else "static"
+    trials, neurons = DEMO_SIZES[kind]
+    synthetic = make_scan(
+        kind=kind, n_trials=args.trials or trials, n_neurons=args.neurons or neurons, competition=args.competition
+    )
     folder = target / synthetic.attrs["release_name"]
     archive = target / f"{synthetic.attrs['release_name']}.zip"
     to_folder(synthetic, folder, overwrite=True)
-    to_folder(synthetic, archive, zip=True, overwrite=True)
+    to_folder(neuroxr.open_scan(folder), archive, zip=True, overwrite=True)  # from the files: generated once
     _print("wrote a synthetic scan as the release lays it out:", f"  {folder}/", f"  {archive}", "")
 
     started = time.perf_counter()
@@ -44,6 +48,8 @@ def _demo(args: argparse.Namespace) -> int:
     opened = time.perf_counter() - started
     _print(f">>> ds = neuroxr.open_scan({str(archive)!r})   # {opened * 1000:.0f} ms, nothing loaded yet", "", describe(ds), "")
     _print(">>> ds", str(ds), "")
+    if args.dynamic:
+        return _demo_video(ds)
     tier = "test" if not ds.responses_withheld.values.any() else "validation"
     if tier != "test":
         _print("test responses are withheld in this scan (NaN), so this looks at the validation tier:")
@@ -55,6 +61,26 @@ def _demo(args: argparse.Namespace) -> int:
         f"mean response {float(np.mean(per_image.values)):.3f}",
         "",
         "next: neuroxr info PATH | neuroxr validate PATH | neuroxr convert PATH scan.nc",
+    )
+    return 0
+
+
+#: Trials and neurons of the demo scans (a video trial holds ~100 times the data of an image trial).
+DEMO_SIZES = {"static": (600, 500), "dynamic": (80, 120)}
+
+
+def _demo_video(ds) -> int:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    oracle = ds.responses.sel(trial=ds.tier == "oracle")
+    mean = oracle.mean("trial")
+    _print(
+        '>>> ds.responses.sel(trial=ds.tier == "oracle").mean("trial")   # the mean over the oracle trials, frame by frame',
+        f"    {mean.sizes['neuron']} neurons x {mean.sizes['frame']} frames ({float(ds.time.values[-1]):.1f} s at "
+        f"{ds.attrs['frame_rate']:g} Hz), mean response {float(np.nanmean(mean.values)):.3f}",
+        f">>> ds.n_frames   # each trial's length: {int(ds.n_frames.min())}-{int(ds.n_frames.max())} frames of {ds.sizes['frame']} stored",
+        "",
+        "next: neuroxr info PATH | neuroxr validate PATH | neuroxr plot PATH -o scan.png | neuroxr convert PATH scan.zarr",
     )
     return 0
 
@@ -160,16 +186,19 @@ def parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="write a synthetic scan, open it and show it")
     demo.add_argument("dir", nargs="?", default="neuroxr-demo", help="where to write it (default ./neuroxr-demo)")
-    demo.add_argument("--trials", type=int, default=600)
-    demo.add_argument("--neurons", type=int, default=500)
+    demo.add_argument("--dynamic", action="store_true", help="a 2023 video scan (default: a 2022 image scan)")
+    demo.add_argument("--trials", type=int, help="default 600 (80 with --dynamic)")
+    demo.add_argument("--neurons", type=int, help="default 500 (120 with --dynamic)")
     demo.add_argument("--competition", action="store_true", help="withhold test responses like the competition scans")
     demo.set_defaults(run=_demo)
 
-    info = commands.add_parser("info", help="sizes, tiers, neurons per area and layer, what is withheld")
+    info = commands.add_parser("info", help="sizes, frames and trial lengths, tiers, neurons per area and layer, what is withheld")
     info.add_argument("path")
     info.set_defaults(run=_info)
 
-    validate = commands.add_parser("validate", help="check every file of a scan (header, shape, dtype, counts)")
+    validate = commands.add_parser(
+        "validate", help="check every file of a scan (header, shape, dtype, counts, padded length); every problem in one run"
+    )
     validate.add_argument("path")
     validate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     validate.set_defaults(run=_validate)
@@ -182,7 +211,7 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=_convert)
 
-    plot = commands.add_parser("plot", help="draw a one-page summary of a scan (needs matplotlib)")
+    plot = commands.add_parser("plot", help="draw a one-page summary of a scan, image or video (needs matplotlib)")
     plot.add_argument("path")
     plot.add_argument("-o", "--output", default="summary.png")
     plot.add_argument("--dpi", type=int, default=110)

@@ -84,3 +84,41 @@ def test_summary_figure_of_a_competition_scan_and_of_a_tree(synthetic) -> None:
     assert "responses withheld" in texts and "no repeated images with responses\n(withheld or absent)" in texts
     with pytest.raises(TypeError, match="expected the Dataset of one scan, found DataTree"):
         neuroxr.summary_figure(xr.DataTree.from_dict({"/a": ds}))
+
+
+def test_describe_a_video_scan(synthetic, forbidden_scheduler) -> None:
+    ds = synthetic(kind="dynamic", n_trials=60, n_neurons=12, video_shape=(6, 8), n_frames=40, competition=True)
+    with forbidden_scheduler():
+        text = describe(ds)
+    table = lines_of(text)
+    lengths = ds.n_frames.values
+    assert table["videos"] == "6 x 8 x 40 float32" and table["responses"] == "12 x 40 float32"
+    assert table["behavior"] == "2 x 40 float64" and table["pupil_center"] == "2 x 40 float32"
+    assert table["frames"] == "40 per trial as stored (padded), 30 Hz (1.3 s)"
+    assert table["trial lengths"] == (
+        f"{lengths.min()}-{lengths.max()} frames, median {float(np.median(lengths)):g}; {int((lengths < 40).sum())} trials NaN-padded"
+    )
+    assert table["tiers"].startswith("train ") and "oracle" in table["tiers"] and "none" in table["tiers"]
+    n = int(ds.responses_withheld.sum())
+    assert table["withheld"] == f"responses of {n} trials (final_test_bonus, final_test_main, live_test_bonus, live_test_main), read as NaN"
+    assert "images shown" not in table
+
+
+def test_summary_figure_of_a_video_scan(synthetic, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    ds = synthetic(kind="dynamic", n_trials=60, n_neurons=12, video_shape=(6, 8), n_frames=40)
+    figure = neuroxr.summary_figure(ds)
+    titles = [axis.get_title() for axis in figure.axes]
+    assert len(figure.axes) == 9
+    oracle = int(np.flatnonzero(ds.tier.values == "oracle")[0])
+    frames = np.linspace(0, ds.n_frames.values[oracle] - 1, 6).round().astype(int)
+    assert titles[:6] == [f"t = {ds.time.values[f]:.1f} s" for f in frames]
+    shown = figure.axes[0].images[0].get_array()
+    np.testing.assert_array_equal(shown, ds.videos.values[oracle, :, :, 0])  # the strip shows the first oracle trial
+    assert titles[6].startswith("neuron ") and titles[6].endswith("repeats of one oracle clip")
+    assert titles[7:] == ["trial lengths (first NaN frame of each video)", "trials per tier"]
+    assert figure.get_suptitle() == "video scan 30001-2-3: 60 trials, 12 neurons, 30 Hz"
+    withheld = neuroxr.summary_figure(ds.assign(responses_withheld=ds.responses_withheld | True))
+    assert "no repeated clips with responses\n(withheld or absent)" in [t.get_text() for axis in withheld.axes for t in axis.texts]
+    figure.savefig(tmp_path / "video.png", dpi=40)
+    assert (tmp_path / "video.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import fingerprint
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -119,3 +121,43 @@ def test_convert_refuses_what_it_cannot_tell(shared_scan: Path, release: Path, t
     with pytest.raises(SystemExit, match="takes one scan"):
         main(["convert", "-q", str(release), str(tmp_path / "all.zip")])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_video_demo_info_validate_plot_and_convert(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    video_demo = tmp_path / "demo"
+    assert main(["demo", str(video_demo), "--dynamic", "--competition", "--trials", "60", "--neurons", "20"]) == 0
+    archive = next(video_demo.glob("*.zip"))
+    folder = next(p for p in video_demo.iterdir() if p.is_dir())
+    assert archive.stem == folder.name and folder.name.startswith("dynamic30001-2-3-Video-")
+    ds = neuroxr.open_scan(archive)
+    xr.testing.assert_identical(ds.load(), neuroxr.open_scan(folder).load())
+    out = capsys.readouterr().out
+    assert 'ds.responses.sel(trial=ds.tier == "oracle").mean("trial")' in out and "20 neurons x 90 frames" in out
+    assert main(["info", str(archive)]) == 0
+    out = capsys.readouterr().out
+    lengths = ds.n_frames.values
+    assert "frames             90 per trial as stored (padded), 30 Hz (3.0 s)" in out
+    assert f"trial lengths      {lengths.min()}-{lengths.max()} frames" in out and "live_test_main" in out
+    assert main(["validate", "-q", str(archive)]) == 0
+    assert f"a dynamic scan, 240 trial files in 4 variables, {lengths.min()}-{lengths.max()} frames per trial" in capsys.readouterr().out
+    assert main(["convert", "-q", str(archive), str(tmp_path / "scan.zarr")]) == 0
+    xr.testing.assert_identical(neuroxr.open(tmp_path / "scan.zarr").load(), ds.load())
+    assert main(["convert", "-q", str(archive), str(tmp_path / "copy")]) == 0
+    assert fingerprint(tmp_path / "copy") == fingerprint(folder)  # the release layout again, byte for byte
+    assert main(["convert", "-q", str(archive), str(tmp_path / "scan.nwb")]) == 2
+    assert "NWB export of video scans is not supported yet" in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(archive), "-o", str(tmp_path / "video.png")]) == 0
+    assert (tmp_path / "video.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_validate_a_broken_video_scan(dynamic_folder: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    np.save(dynamic_folder / "data" / "videos" / "3.npy", np.zeros((4, 6, 11), np.float32))
+    (dynamic_folder / "data" / "responses" / "5.npy").unlink()
+    np.save(dynamic_folder / "meta" / "trials" / "tiers.npy", np.array(["train"] * 20))
+    assert main(["validate", "-q", str(dynamic_folder)]) == 1
+    out = capsys.readouterr().out
+    assert "data/responses: trial files must be numbered 0..19 without gaps; 5.npy is missing" in out
+    assert "meta/trials/tiers.npy: expected one entry per trial (21), found length 20" in out
+    assert "data/videos/3.npy: holds float32 (4, 6, 11), expected float32 (4, 6, 12)" in out
+    assert "3 problems" in out

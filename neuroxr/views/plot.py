@@ -1,8 +1,12 @@
 """A one-page picture of a scan: example images, responses, neurons in cortex, tiers, oracle correlation.
 
+A video scan gets its own page: a strip of frames of one video, a neuron's response over time to the
+repeats of one clip (and their mean), the trials' lengths and the tiers.
+
 Uses matplotlib's object API (no pyplot state), so it is safe in scripts, servers and tests.
 Reads only what it draws: three images, a sample of trials for the response histogram, and the
-repeated test trials for the oracle correlation.
+repeated test trials for the oracle correlation; for a video scan one video and the oracle tier
+(its videos, to find the repeats of each clip, and its responses).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import xarray as xr
 
 from neuroxr import datamodel
-from neuroxr.analysis.metrics import oracle_correlation
+from neuroxr.analysis.metrics import CLIP_ID, clip_ids, oracle_correlation
 from neuroxr.errors import require
 
 if TYPE_CHECKING:
@@ -69,13 +73,14 @@ def _neurons(ds: xr.Dataset, axis) -> None:
 
 def _tiers(ds: xr.Dataset, axis) -> None:
     counts = Counter(ds.tier.values.astype(str))
-    order = [t for t in ("train", "validation", "test", "final_test") if t in counts] + sorted(
-        set(counts) - {"train", "validation", "test", "final_test"}
-    )
+    known = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs).tiers
+    order = [t for t in known if t in counts] + sorted(set(counts) - set(known))
     bars = axis.bar(order, [counts[t] for t in order], color="#55a868")
     axis.bar_label(bars, fontsize=8)
     axis.set_ylabel("trials")
     axis.set_title("trials per tier", fontsize=10)
+    if len(order) > 4:
+        axis.tick_params(axis="x", labelrotation=30, labelsize=7)
 
 
 def _oracle(ds: xr.Dataset, axis) -> None:
@@ -97,14 +102,90 @@ def _oracle(ds: xr.Dataset, axis) -> None:
     axis.set_axis_off()
 
 
+# ------------------------------------------------------------------------------------------------
+# video scans
+
+#: Frames shown in the strip of one video.
+STRIP_FRAMES = 6
+
+
+def _shown_trial(ds: xr.Dataset) -> int:
+    """The trial whose video is shown: the first of the oracle tier (its clip is repeated), else the first."""
+    oracle = np.flatnonzero(ds.tier.values == "oracle") if "tier" in ds.coords else np.array([], int)
+    return int(oracle[0]) if len(oracle) else 0
+
+
+def _frame_strip(ds: xr.Dataset, axes: list, trial: int) -> None:
+    length = int(ds[datamodel.N_FRAMES].values[trial]) if datamodel.N_FRAMES in ds.coords else ds.sizes[datamodel.FRAME]
+    frames = np.linspace(0, max(length - 1, 0), len(axes)).round().astype(int)
+    video = ds.videos.isel(trial=trial, frame=frames).transpose("frame", ...).values
+    for axis, frame, image in zip(axes, frames, video):
+        axis.imshow(image, cmap="gray", vmin=0, vmax=255)
+        axis.set_title(f"t = {ds.time.values[frame]:.1f} s", fontsize=9)
+        axis.set_axis_off()
+    axes[0].text(0, -0.35, f"trial {int(ds.trial.values[trial])}: {length} frames", transform=axes[0].transAxes, fontsize=8)
+
+
+def _clip_response(ds: xr.Dataset, axis) -> None:
+    """One neuron's response over time to every repeat of one clip of the oracle tier, and their mean."""
+    oracle = ds.tier.values == "oracle" if "tier" in ds.coords else np.zeros(ds.sizes["trial"], bool)
+    if not oracle.any() or ds[datamodel.WITHHELD_COORD].values[oracle].any():
+        axis.text(0.5, 0.5, "no repeated clips with responses\n(withheld or absent)", ha="center", va="center", transform=axis.transAxes)
+        axis.set_axis_off()
+        return
+    chosen = ds.isel(trial=np.flatnonzero(oracle))
+    chosen = chosen.assign_coords({CLIP_ID: clip_ids(chosen)})
+    clips, counts = np.unique(chosen[CLIP_ID].values, return_counts=True)
+    clip = clips[np.argmax(counts)]
+    repeats = chosen.responses.isel(trial=np.flatnonzero(chosen[CLIP_ID].values == clip)).load()
+    neuron = int(np.argmax(oracle_correlation(chosen.responses, skip=0).values)) if counts.max() > 1 else 0
+    traces = repeats.isel(neuron=neuron).values
+    time = ds.time.values
+    for trace in traces:
+        axis.plot(time, trace, color="#4c72b0", lw=0.7, alpha=0.45)
+    # the repeats of a clip have one length: their frames after it are all NaN, so the mean is drawn where they are known
+    known = ~np.isnan(traces).any(axis=0)
+    mean = np.full(len(time), np.nan)
+    mean[known] = traces[:, known].mean(axis=0)
+    axis.plot(time, mean, color="k", lw=1.6, label="mean over repeats")
+    axis.set_xlabel("time from trial start (s)")
+    axis.set_ylabel("response (deconvolved activity)")
+    axis.set_title(f"neuron {int(ds.neuron.values[neuron])}: {len(traces)} repeats of one oracle clip", fontsize=10)
+    axis.legend(fontsize=8, loc="upper right")
+
+
+def _trial_lengths(ds: xr.Dataset, axis) -> None:
+    lengths = ds[datamodel.N_FRAMES].values / float(ds.attrs.get(datamodel.FRAME_RATE_ATTR, 30.0))
+    axis.hist(lengths, bins=30, color="#8172b2")
+    axis.axvline(ds.sizes[datamodel.FRAME] / float(ds.attrs.get(datamodel.FRAME_RATE_ATTR, 30.0)), color="k", lw=1, ls="--")
+    axis.set_xlabel("trial length (s); dashed: as stored, padded")
+    axis.set_ylabel("trials")
+    axis.set_title("trial lengths (first NaN frame of each video)", fontsize=10)
+
+
+def _video_summary(ds: xr.Dataset) -> Figure:
+    figure = _figure()
+    grid = figure.add_gridspec(3, STRIP_FRAMES, height_ratios=[1.0, 1.3, 1.3])
+    _frame_strip(ds, [figure.add_subplot(grid[0, i]) for i in range(STRIP_FRAMES)], _shown_trial(ds))
+    _clip_response(ds, figure.add_subplot(grid[1:, :4]))
+    _trial_lengths(ds, figure.add_subplot(grid[1, 4:]))
+    _tiers(ds, figure.add_subplot(grid[2, 4:]))
+    rate = ds.attrs.get(datamodel.FRAME_RATE_ATTR, 30.0)
+    figure.suptitle(f"video scan {ds.attrs.get('scan', '')}: {ds.sizes['trial']} trials, {ds.sizes['neuron']} neurons, {rate:g} Hz")
+    return figure
+
+
 def summary_figure(ds: xr.Dataset) -> Figure:
-    """Draw the one-page summary of a scan; save it with ``.savefig("summary.png")``.
+    """Draw the one-page summary of a scan (image or video); save it with ``.savefig("summary.png")``.
 
     >>> figure = summary_figure(neuroxr.make_scan(n_trials=60, n_neurons=20))
     >>> figure.savefig(tmp / "summary.png", dpi=50)
+    >>> summary_figure(neuroxr.make_scan(kind="dynamic", n_trials=60, n_neurons=8)).savefig(tmp / "video.png", dpi=50)
     """
     if not isinstance(ds, xr.Dataset):
         raise TypeError(f"expected the Dataset of one scan, found {type(ds).__name__}; pick a scan of a DataTree first")
+    if datamodel.FRAME in ds.dims and "videos" in ds.data_vars:
+        return _video_summary(ds)
     figure = _figure()
     grid = figure.add_gridspec(2, 6)
     _images(ds, [figure.add_subplot(grid[0, i]) for i in range(3)])
