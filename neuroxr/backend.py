@@ -14,7 +14,8 @@ from xarray.backends import BackendEntrypoint
 
 from neuroxr.dataset import build_dataset, tree_of
 from neuroxr.layout import read_layout
-from neuroxr.layout.discover import looks_like_scan, scan_paths
+from neuroxr.layout.discover import looks_like_scan, scan_paths, scan_urls
+from neuroxr.sources import is_url
 
 
 class SensoriumBackendEntrypoint(BackendEntrypoint):
@@ -66,11 +67,13 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         mask_withheld: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, xr.Dataset]:
-        """A folder of scans as ``{"/": attrs only, "/<scan key>": scan, ...}``."""
+        """A folder of scans (a path or a URL) as ``{"/": attrs only, "/<scan key>": scan, ...}``."""
+        where = os.fspath(filename_or_obj)
         scans = {}
-        for path in scan_paths(os.fspath(filename_or_obj)):
-            ds = self.open_dataset(path, drop_variables=drop_variables, mask_withheld=mask_withheld)
+        for path in scan_urls(where, storage_options) if is_url(where) else scan_paths(where):
+            ds = self.open_dataset(path, drop_variables=drop_variables, mask_withheld=mask_withheld, storage_options=storage_options)
             scans[ds.attrs["scan"]] = ds
         tree = tree_of(scans)
         return {node.path: node.to_dataset() for node in tree.subtree}
@@ -81,9 +84,12 @@ class SensoriumBackendEntrypoint(BackendEntrypoint):
         *,
         drop_variables: str | Iterable[str] | None = None,
         mask_withheld: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.DataTree:
-        """A folder of scans (or one scan) as a DataTree with one child per scan."""
-        groups = self.open_groups_as_dict(filename_or_obj, drop_variables=drop_variables, mask_withheld=mask_withheld)
+        """A folder of scans (or one scan; a path or a URL) as a DataTree with one child per scan."""
+        groups = self.open_groups_as_dict(
+            filename_or_obj, drop_variables=drop_variables, mask_withheld=mask_withheld, storage_options=storage_options
+        )
         return xr.DataTree.from_dict(groups)
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:

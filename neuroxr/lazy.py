@@ -175,26 +175,27 @@ class TrialReader:
                 for row in np.flatnonzero(rows).tolist():
                     out[row, ..., : self.masked_frames[trials[row]]] = np.nan
 
-    def read_all(self, n_trials: int, out: np.ndarray | None = None) -> np.ndarray:
-        """Every trial, read straight into one array (``out``, or a new one), blocks in parallel threads.
+    def read_parallel(self, trials: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """The files of ``trials`` read straight into one array (``out``, or a new one), in blocks on parallel threads.
 
         >>> from neuroxr.layout import read_layout
         >>> variable = read_layout(neuroxr.write_scan(tmp / "scan", n_trials=40, n_neurons=10)).variables["responses"]
-        >>> TrialReader(variable.files, variable.header).read_all(40).shape
+        >>> TrialReader(variable.files, variable.header).read_parallel(np.arange(40)).shape
         (40, 10)
         """
+        trials = np.asarray(trials, dtype=np.int64)
+        count = len(trials)
         if out is None:
-            out = allocate((n_trials, *self.header.shape), self.dtype)
-        threads = max(1, min(_threads(), n_trials))
-        per_block = min(chunking.trials_per_chunk(self.header.payload_bytes, n_trials), math.ceil(n_trials / threads))
-        bounds = list(range(0, n_trials, max(1, per_block))) + [n_trials]
-        blocks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:])]
-        if threads == 1 or len(blocks) == 1:
-            for start, stop in blocks:
-                self.read_into(np.arange(start, stop), out[start:stop])
+            out = allocate((count, *self.header.shape), self.dtype)
+        threads = max(1, min(_threads(), count))
+        per_block = max(1, min(chunking.trials_per_chunk(self.header.payload_bytes, count), math.ceil(count / threads)))
+        blocks = [slice(start, min(start + per_block, count)) for start in range(0, count, per_block)]
+        if threads == 1 or len(blocks) <= 1:
+            for block in blocks:
+                self.read_into(trials[block], out[block])
             return out
         with ThreadPoolExecutor(threads, thread_name_prefix="neuroxr-read") as pool:
-            for done in [pool.submit(self.read_into, np.arange(start, stop), out[start:stop]) for start, stop in blocks]:
+            for done in [pool.submit(self.read_into, trials[block], out[block]) for block in blocks]:
                 done.result()
         return out
 
@@ -271,22 +272,29 @@ class TrialStackArray(BackendArray):
 
 
 class WholeReadArray(dask.array.Array):
-    """The dask array of one opened variable, which reads itself whole straight into one array.
+    """The dask array of one opened variable (or of some of its trials), which reads only what is asked of it.
 
-    It is the usual block-per-chunk dask array (every operation on it builds the usual graph, and
-    gives a plain dask array), except that computing the array itself, which is what
-    ``np.asarray(da)`` and ``DataArray.values`` do, reads every trial directly into the result with
-    :meth:`TrialReader.read_all` when the scheduler is local: one output array, no blocks to
-    concatenate. Under ``dask.distributed`` it computes as any dask array does.
+    It is the usual block-per-chunk dask array: every operation on it builds the usual graph and
+    gives a plain dask array. Two things differ:
+
+    * selecting trials (``ds.responses.isel(trial=...)``, ``.sel(trial=ds.tier == "test")``, a
+      group of repeats) gives blocks that read only the selected trials' files or members, instead
+      of whole blocks to be cut down after;
+    * computing the array itself, which ``np.asarray(da)`` and ``DataArray.values`` do, reads its
+      trials straight into the result (:meth:`TrialReader.read_parallel`) when the scheduler is
+      local: one output array, no blocks to concatenate. Under ``dask.distributed`` it computes
+      as any dask array does.
     """
 
     reader: TrialReader
+    trials: np.ndarray  #: the file numbers of the rows, in order
 
     @classmethod
-    def of(cls, array: dask.array.Array, reader: TrialReader) -> WholeReadArray:
-        """``array`` (the dask array of all trials of ``reader``'s variable) that reads itself whole."""
+    def of(cls, array: dask.array.Array, reader: TrialReader, trials: np.ndarray | None = None) -> WholeReadArray:
+        """``array`` (the dask array of ``trials`` of ``reader``'s variable, default all) as a :class:`WholeReadArray`."""
         whole = cls(array.dask, array.name, array.chunks, meta=np.empty((0,) * array.ndim, dtype=array.dtype))
         whole.reader = reader
+        whole.trials = np.arange(array.shape[0]) if trials is None else np.asarray(trials, dtype=np.int64)
         return whole
 
     def compute(self, **kwargs: Any) -> Any:
@@ -294,15 +302,50 @@ class WholeReadArray(dask.array.Array):
 
         if kwargs or get_scheduler(collections=[self]) not in (dask.threaded.get, dask.local.get_sync):
             return super().compute(**kwargs)
-        return self.reader.read_all(self.shape[0])
+        return self.reader.read_parallel(self.trials)
+
+    def __getitem__(self, key: Any) -> Any:
+        index = key if isinstance(key, tuple) else (key,)
+        first = index[0] if index else slice(None)
+        plain = (isinstance(first, slice) and first == slice(None)) or not isinstance(first, (int, np.integer, slice, list, np.ndarray))
+        if plain or any(part is None or part is Ellipsis for part in index):
+            return super().__getitem__(key)
+        try:
+            chosen = self.trials[first]
+        except (IndexError, TypeError, ValueError):
+            return super().__getitem__(key)
+        subset = self._of_trials(np.atleast_1d(chosen))
+        rest = index[1:]
+        if np.ndim(chosen) == 0:
+            return dask.array.Array.__getitem__(subset, (0, *rest))
+        return subset[(slice(None), *rest)] if rest else subset
+
+    def _of_trials(self, trials: np.ndarray) -> WholeReadArray:
+        """The rows of ``trials`` (file numbers), in blocks of this array's chunk length that read only them."""
+        from dask.base import tokenize
+
+        per_block = max(1, max(self.chunks[0], default=1))
+        starts = range(0, len(trials), per_block) if len(trials) else range(1)
+        name = f"trials-{tokenize(self.name, trials)}"
+        zeros = (0,) * (self.ndim - 1)
+        graph = {(name, block, *zeros): (self.reader.read, trials[start : start + per_block]) for block, start in enumerate(starts)}
+        chunks = (tuple(len(trials[start : start + per_block]) for start in starts), *((size,) for size in self.shape[1:]))
+        array = dask.array.Array(graph, name, chunks, meta=np.empty((0,) * self.ndim, dtype=self.dtype))
+        if any(len(sizes) > 1 for sizes in self.chunks[1:]):
+            array = array.rechunk((array.chunks[0], *self.chunks[1:]))
+        return WholeReadArray.of(array, self.reader, trials)
+
+    def copy(self) -> WholeReadArray:
+        """The same array (dask arrays are immutable); xarray copies arrays when it aligns them."""
+        return WholeReadArray.of(super().copy(), self.reader, self.trials)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (WholeReadArray._rebuilt, (super().__reduce__(), self.reader))
+        return (WholeReadArray._rebuilt, (super().__reduce__(), self.reader, self.trials))
 
     @staticmethod
-    def _rebuilt(plain: tuple[Any, ...], reader: TrialReader) -> WholeReadArray:
+    def _rebuilt(plain: tuple[Any, ...], reader: TrialReader, trials: np.ndarray) -> WholeReadArray:
         function, arguments = plain
-        return WholeReadArray.of(function(*arguments), reader)
+        return WholeReadArray.of(function(*arguments), reader, trials)
 
 
 def whole_reader(data: Any) -> TrialReader | None:

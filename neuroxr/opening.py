@@ -20,7 +20,7 @@ from neuroxr.errors import ScanError
 from neuroxr.formats.netcdf import open_netcdf
 from neuroxr.formats.nwb import open_nwb
 from neuroxr.formats.zarr import open_zarr
-from neuroxr.layout.discover import is_scan_folder, scan_paths
+from neuroxr.layout.discover import is_scan_folder, scan_paths, scan_urls
 from neuroxr.lazy import WholeReadArray, whole_reader
 from neuroxr.sources import is_url
 
@@ -94,9 +94,9 @@ def open_datatree(
 ) -> xr.DataTree:
     """Several scans side by side: one child node per scan, named by its scan key.
 
-    ``paths_or_folder`` is a folder of scans (scan folders and .zip archives) or a list of scans
-    (paths or URLs). Scans differ in trials and neurons, so they are siblings under an
-    attribute-only root.
+    ``paths_or_folder`` is a folder of scans (scan folders and .zip archives; a local path or a URL
+    fsspec can list) or a list of scans (paths or URLs). Scans differ in trials and neurons, so
+    they are siblings under an attribute-only root. ``storage_options`` go to fsspec for URLs.
 
     >>> folder = tmp / "release"
     >>> folder.mkdir()
@@ -106,8 +106,10 @@ def open_datatree(
     >>> sorted(tree.children)
     ['30001-2-3', '30002-4-5']
     """
-    if isinstance(paths_or_folder, (str, os.PathLike)):
-        paths: list[str | Path] = list(scan_paths(paths_or_folder))
+    if isinstance(paths_or_folder, (str, os.PathLike)) and is_url(paths_or_folder):
+        paths: list[str | Path] = list(scan_urls(os.fspath(paths_or_folder), storage_options))
+    elif isinstance(paths_or_folder, (str, os.PathLike)):
+        paths = list(scan_paths(paths_or_folder))
     else:
         paths = [path if is_url(path) else Path(path) for path in paths_or_folder]  # type: ignore[misc]
     scans: dict[str, xr.Dataset] = {}
@@ -134,7 +136,10 @@ def open_any(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.
     """
     text = os.fspath(path)
     if is_url(text):
-        return open_scan(text, **kwargs)  # type: ignore[arg-type]
+        found = scan_urls(text, kwargs.get("storage_options"))  # type: ignore[arg-type]
+        if len(found) > 1:
+            return open_datatree(found, **kwargs)  # type: ignore[arg-type]
+        return open_scan(found[0], **kwargs)  # type: ignore[arg-type]
     path = Path(text)
     suffix = path.suffix.lower()
     if suffix in NETCDF_SUFFIXES:

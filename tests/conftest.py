@@ -215,10 +215,14 @@ def write_tiny_dynamic_scan(
     return scan
 
 
-def zip_scan(scan: Path, target: Path, compression: int = zipfile.ZIP_STORED) -> Path:
-    """Zip a scan folder the way the release does: one top-level folder, plus macOS clutter."""
+def zip_scan(scan: Path, target: Path, compression: int = zipfile.ZIP_STORED, numeric: bool = False) -> Path:
+    """Zip a scan folder the way the release does: one top-level folder, plus macOS clutter.
+
+    Members go in in name order (``10.npy`` before ``2.npy``), or with ``numeric`` in trial order.
+    """
+    order = (lambda file: (file.parent, int(file.stem) if file.stem.isdigit() else -1, file.name)) if numeric else None
     with zipfile.ZipFile(target, "w", compression) as archive:
-        for file in sorted(scan.rglob("*")):
+        for file in sorted(scan.rglob("*"), key=order):
             if file.is_file():
                 archive.write(file, f"{scan.name}/{file.relative_to(scan).as_posix()}")
         archive.writestr(f"__MACOSX/{scan.name}/._data", b"\x00\x05\x16\x07junk")

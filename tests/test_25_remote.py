@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import socket
@@ -15,15 +16,16 @@ from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import dask
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import METHODS, N_FILES, TOP, contents, write_tiny_dynamic_scan, write_tiny_scan, write_zip, zip_scan
+from conftest import METHODS, N_FILES, TOP, contents, eager, write_tiny_dynamic_scan, write_tiny_scan, write_zip, zip_scan
 
 import neuroxr
 from neuroxr.cli import main
 from neuroxr.sources import RemoteFolderSource, RemoteZipSource, open_source
-from neuroxr.sources.remote import EXTRA_SLACK
+from neuroxr.sources.remote import EXTRA_SLACK, MERGE_GAP
 
 pytest.importorskip("fsspec")
 pytest.importorskip("aiohttp")
@@ -36,7 +38,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
     counted from 0): ``ignore-range`` (200 and the whole file), ``wrong-range`` (the bytes one
     further on), ``truncate`` (half the body, then the connection closed), ``drop`` (no answer),
     ``stall`` (no answer for ``faults["seconds"]``), ``500`` (``faults["times"]`` server errors, then
-    the right answer), ``no-version`` (no ETag or Last-Modified).
+    the right answer), ``401`` (unauthorised), ``no-version`` (no ETag or Last-Modified).
     """
 
     served: list[int]
@@ -66,6 +68,9 @@ class RangeHandler(SimpleHTTPRequestHandler):
         if fault == "stall":
             time.sleep(float(self.faults.get("seconds", 5)))  # type: ignore[arg-type]
             self.close_connection = True
+            return None
+        if fault == "401":
+            self.send_error(401)
             return None
         if fault == "500" and int(self.faults.get("times", 1)) > 0:  # type: ignore[call-overload]
             self.faults["times"] = int(self.faults.get("times", 1)) - 1  # type: ignore[call-overload]
@@ -371,6 +376,7 @@ def faulty(shared_scan: Path, tmp_path: Path) -> Iterator[tuple[str, dict[str, o
         ("drop", "bad response", "dropped"),
         ("stall", "timed out", "timed out after 0.5 s (2 tries)"),
         ("500", "bad response", "HTTP 500 (2 tries)"),
+        ("401", "unauthorised", "unauthorised (HTTP 401)"),
     ],
 )
 def test_a_misbehaving_server_is_refused_in_bounded_time(faulty, mode: str, reason: str, fragment: str) -> None:
@@ -445,3 +451,71 @@ def test_distinct_errors_for_not_found_refused_and_timed_out(http_root, tmp_path
     assert caught.value.reason == "timed out"
     for message in (str(caught.value),):
         assert "\n" not in message
+
+
+def test_missing_s3_credentials_are_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("s3fs")
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    options = {"client_kwargs": {"endpoint_url": "http://127.0.0.1:9"}, "timeout": 2, "retries": 0}
+    with pytest.raises(neuroxr.RemoteError) as caught:
+        within(60, lambda: neuroxr.open_scan("s3://bucket/scan.zip", storage_options=options))
+    assert caught.value.reason == "unauthorised" and "no credentials found" in str(caught.value)
+    assert "\n" not in str(caught.value) and caught.value.path == "s3://bucket/scan.zip"
+
+
+# ----------------------------------------------------------------------------------------------
+# subsets read only themselves; adjacent members come in merged ranges; URLs wherever paths go
+
+
+def test_a_subset_fetches_only_its_members_in_merged_ranges(http_root) -> None:
+    url, root, served = http_root
+    scan = write_tiny_scan(root / "src", n_trials=120, n_neurons=20, image_shape=(1, 36, 64))
+    archive = zip_scan(scan, root / "scan.zip", zipfile.ZIP_DEFLATED, numeric=True)
+    ds = neuroxr.open_scan(f"{url}/scan.zip", chunks=60)
+    test = np.flatnonzero(ds.tier.values == "test")
+    with zipfile.ZipFile(archive) as reference:
+        member = lambda k: reference.getinfo(f"{scan.name}/data/images/{k}.npy")  # noqa: E731
+        selected = sum(member(k).compress_size for k in test)
+        everything = sum(member(k).compress_size for k in range(120))
+    before, requests = sum(served), len(served)
+    per_image = ds.images.sel(trial=ds.tier == "test").groupby("image_id").mean().values
+    np.testing.assert_allclose(per_image[0], eager(scan, "images")[test].mean(axis=0), rtol=1e-6)
+    fetched = sum(served) - before
+    assert fetched < selected + len(test) * MERGE_GAP and fetched < everything / 4, (fetched, selected, everything)
+    requests = len(served)
+    with dask.config.set(num_workers=1):  # one read block, not one per thread
+        np.testing.assert_array_equal(ds.images.isel(trial=slice(10, 50)).values, eager(scan, "images")[10:50])
+    assert len(served) - requests == 1, "40 adjacent members in one merged range"
+
+
+def test_a_subset_of_a_folder_reads_only_its_files(scan_folder: Path) -> None:
+    ds = neuroxr.open_scan(scan_folder, chunks=8, mask_withheld=False)
+    test = np.flatnonzero(ds.tier.values == "test")
+    expected = eager(scan_folder, "responses")
+    for trial in set(range(24)) - set(test.tolist()) - {2, 17}:
+        (scan_folder / "data" / "responses" / f"{trial}.npy").unlink()  # nothing else may be read
+    np.testing.assert_allclose(ds.responses.sel(trial=ds.tier == "test").groupby("image_id").mean().values[0],
+                               expected[test].mean(axis=0), rtol=1e-6)  # fmt: skip
+    np.testing.assert_array_equal(ds.responses.isel(trial=[17, 2, 17]).values, expected[[17, 2, 17]])
+    np.testing.assert_array_equal(ds.responses.isel(trial=17, neuron=[0, 4]).values, expected[17, [0, 4]])
+    np.testing.assert_array_equal(ds.responses.where(ds.tier == "test", drop=True).values, expected[test])
+
+
+def test_open_datatree_and_open_take_urls(http_root, release: Path) -> None:
+    url, root, _ = http_root
+    for archive in sorted(release.glob("*.zip")):
+        (root / archive.name).write_bytes(archive.read_bytes())
+    urls = [f"{url}/{archive.name}" for archive in sorted(release.glob("*.zip"))]
+    tree = neuroxr.open_datatree(urls)
+    local = neuroxr.open_datatree(sorted(release.glob("*.zip")))
+    assert sorted(tree.children) == sorted(local.children) == ["21067-10-18", "26872-17-20"]
+    xr.testing.assert_identical(tree["21067-10-18"].to_dataset().load(), local["21067-10-18"].to_dataset().load())
+    assert tree["21067-10-18"].to_dataset().encoding.get("source", urls[0]).startswith("http://")
+    folder = neuroxr.open_datatree(f"file://{release}")  # a folder of scans behind a URL
+    assert sorted(folder.children) == ["21067-10-18", "26872-17-20"]
+    assert sorted(neuroxr.open(f"file://{release}").children) == ["21067-10-18", "26872-17-20"]
+    assert sorted(xr.open_datatree(f"file://{release}", engine="sensorium").children) == ["21067-10-18", "26872-17-20"]

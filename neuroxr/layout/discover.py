@@ -114,6 +114,30 @@ def scan_paths(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
+def scan_urls(url: str, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """The scans behind a URL, as :func:`scan_paths` finds them in a local folder.
+
+    The URL itself when it is a .zip or a scan folder; else the .zip archives and scan folders in
+    the folder it names (which must be one fsspec can list), sorted by name.
+    """
+    if url.rstrip("/").lower().endswith(".zip"):
+        return [url]
+    source = open_url(url, storage_options)
+    listing = source.listing()
+    roots = scan_roots(listing)
+    if "" in roots:
+        return [url]
+    base = source.label("").rstrip("/")
+    folders = {root.rstrip("/") for root in roots if root.count("/") == 1}
+    found = [f"{base}/{folder}" for folder in folders]
+    found += [  # a scan both unpacked and as its .zip is taken from the folder, as scan_paths does
+        f"{base}/{name}" for name in listing.get("", []) if name.lower().endswith(".zip") and name[:-4] not in folders
+    ]
+    if not found:
+        raise ScanError(url, "holds no scan: expected scan folders (with data/ and meta/) or .zip archives")
+    return sorted(found)
+
+
 def looks_like_scan(path: str | os.PathLike[str]) -> bool:
     """Cheap test: a scan folder, a folder holding exactly one, a .zip archive, a .zip URL."""
     if is_url(path):

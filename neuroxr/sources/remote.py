@@ -47,8 +47,9 @@ DEFAULT_TIMEOUT = 20.0
 DEFAULT_RETRIES = 2
 #: Bytes fetched beyond a member's name in the hope of covering its local extra field in one request.
 EXTRA_SLACK = 256
-#: Members closer than this in the archive are fetched in one range (the gap is fetched and dropped).
-MERGE_GAP = 64 * 2**10
+#: Members closer than this in the archive are fetched in one range (the gap is fetched and dropped): adjacent
+#: members (only a local header between them), never a trial file of images or responses between two others.
+MERGE_GAP = 2**10
 #: The longest merged range: longer runs of members are split, so their ranges still arrive concurrently.
 MERGE_BLOCK = 16 * 2**20
 _RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
