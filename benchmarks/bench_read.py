@@ -116,23 +116,56 @@ def stream(array: dask.array.Array) -> None:
     dask.array.store(array, Discard(), lock=False)
 
 
-def fresh_process(code: str, repeats: int) -> float:
-    """The median wall time of ``python -c code`` (interpreter start and imports included)."""
+def fresh_process(code: str, *arguments: str, repeats: int) -> float:
+    """The median wall time of ``python -c code arguments`` (interpreter start and imports included)."""
     times = []
     for _ in range(repeats):
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        times.append(time.perf_counter() - started)
+        with tempfile.TemporaryDirectory(dir=Path(arguments[0]).parent) as scratch:
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-c", code, *arguments, scratch], check=True)
+            times.append(time.perf_counter() - started)
     return statistics.median(times)
 
 
+#: neuralpredictors 0.3.0 (the 2022 loaders' pin) does not import on Python >= 3.10 (``from collections import
+#: Iterable``), so its first epoch is emulated as its code runs it (/work/notes/official-loaders.md, 1.5-1.6):
+#: FileTreeDataset counts the files of each data key, ``__getitem__`` calls ``np.load`` per key, NeuroNormalizer
+#: and ToTensor(cuda=False) transform each item, a DataLoader of batch_size 128 collates the epoch. Given a .zip,
+#: FileTreeDataset first extracts it beside itself.
 NEURALPREDICTORS_EPOCH = """
-import numpy as np, pathlib, sys
-root = pathlib.Path(sys.argv[1])
+import pathlib, sys, zipfile, numpy as np, torch
+from collections import namedtuple
+from torch.utils.data import DataLoader, Dataset
+path = pathlib.Path(sys.argv[1])
+if path.suffix == ".zip":  # FileTreeDataset: extract the archive, then read the folder
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(sys.argv[2])
+        path = pathlib.Path(sys.argv[2]) / archive.namelist()[0].split("/")[0]
 keys = ("images", "responses")
-n = {len(list((root / "data" / key).glob("*"))) for key in keys}.pop()   # FileTreeDataset: N per data key
-for i in range(n):                                                          # one epoch, item by item
-    item = [np.load(root / "data" / key / f"{i}.npy") for key in keys]     # __getitem__: np.load per key
+class FileTreeDataset(Dataset):
+    def __init__(self, root, *keys):
+        self.root, self.keys = root, keys
+        counts = {len(list((root / "data" / key).glob("*"))) for key in keys}
+        assert len(counts) == 1
+        self._len = counts.pop()
+        self.DataPoint = namedtuple("DefaultDataPoint", keys)
+        stat = lambda key, name: np.load(root / "meta" / "statistics" / key / "all" / f"{name}.npy")
+        self.mean, self.std = stat("images", "mean")[()], stat("images", "std")[()]
+        s = stat("responses", "std")
+        threshold = 0.01 * s.mean()
+        self.precision = np.ones_like(s) / threshold
+        self.precision[s > threshold] = 1 / s[s > threshold]
+        self.cache = {}
+    def __len__(self):
+        return self._len
+    def __getitem__(self, i):
+        raw = [np.load(self.root / "data" / key / f"{i}.npy") for key in self.keys]
+        self.cache[i] = raw  # use_cache=True keeps the raw arrays
+        x = self.DataPoint(*raw)
+        x = self.DataPoint((x.images - self.mean) / self.std, x.responses * self.precision)  # NeuroNormalizer
+        return self.DataPoint(*(torch.from_numpy(value.astype(np.float32)) for value in x))  # ToTensor(cuda=False)
+for batch in DataLoader(FileTreeDataset(path, *keys), batch_size=128):
+    pass
 """
 NEUROXR_LOAD = """
 import sys, neuroxr
@@ -203,14 +236,16 @@ def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
             ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
             print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
 
-    epoch = fresh_process(NEURALPREDICTORS_EPOCH.replace("sys.argv[1]", repr(str(folder))), max(1, repeats // 2))
-    load = fresh_process(NEUROXR_LOAD.replace("sys.argv[1]", repr(str(folder))), max(1, repeats // 2))
     print("\n| fresh process: open + load images and responses | seconds | speed-up |\n|---|---|---|")
-    print(f"| neuralpredictors' first epoch, item by item (its np.load per trial and key) | {epoch:.2f} | 1.00 |")
-    print(f"| neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
+    rounds = max(1, repeats // 2)
+    for kind in ("folder", "deflated zip"):
+        epoch = fresh_process(NEURALPREDICTORS_EPOCH, str(paths[kind]), repeats=rounds)
+        load = fresh_process(NEUROXR_LOAD, str(paths[kind]), repeats=rounds)
+        unpack = " (it extracts the zip first)" if kind != "folder" else ""
+        print(f"| {kind}: neuralpredictors' first epoch, item by item{unpack} | {epoch:.2f} | 1.00 |")
+        print(f"| {kind}: neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
 
-    output = subprocess.run([sys.executable, "-c", STREAM_RSS.replace("sys.argv[1]", repr(str(paths["deflated zip"])))],
-                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    output = subprocess.run([sys.executable, "-c", STREAM_RSS, str(paths["deflated zip"])], check=True, capture_output=True, text=True).stdout
     print(f"\npeak RSS of a fresh process streaming images and responses from the deflated zip: {int(output) / 1024:.0f} MB")
 
 

@@ -175,7 +175,7 @@ class TrialReader:
                 for row in np.flatnonzero(rows).tolist():
                     out[row, ..., : self.masked_frames[trials[row]]] = np.nan
 
-    def read_parallel(self, trials: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    def read_parallel(self, trials: np.ndarray, out: np.ndarray | None = None, threads: int | None = None) -> np.ndarray:
         """The files of ``trials`` read straight into one array (``out``, or a new one), in blocks on parallel threads.
 
         >>> from neuroxr.layout import read_layout
@@ -187,7 +187,7 @@ class TrialReader:
         count = len(trials)
         if out is None:
             out = allocate((count, *self.header.shape), self.dtype)
-        threads = max(1, min(_threads(), count))
+        threads = max(1, min(threads or _threads(), count))
         per_block = max(1, min(chunking.trials_per_chunk(self.header.payload_bytes, count), math.ceil(count / threads)))
         blocks = [slice(start, min(start + per_block, count)) for start in range(0, count, per_block)]
         if threads == 1 or len(blocks) <= 1:
@@ -298,11 +298,10 @@ class WholeReadArray(dask.array.Array):
         return whole
 
     def compute(self, **kwargs: Any) -> Any:
-        from dask.base import get_scheduler
-
-        if kwargs or get_scheduler(collections=[self]) not in (dask.threaded.get, dask.local.get_sync):
+        scheduler = _scheduler(self)
+        if kwargs or scheduler not in (dask.threaded.get, dask.local.get_sync):
             return super().compute(**kwargs)
-        return self.reader.read_parallel(self.trials)
+        return self.reader.read_parallel(self.trials, threads=1 if scheduler is dask.local.get_sync else None)
 
     def __getitem__(self, key: Any) -> Any:
         index = key if isinstance(key, tuple) else (key,)
@@ -346,6 +345,25 @@ class WholeReadArray(dask.array.Array):
     def _rebuilt(plain: tuple[Any, ...], reader: TrialReader, trials: np.ndarray) -> WholeReadArray:
         function, arguments = plain
         return WholeReadArray.of(function(*arguments), reader, trials)
+
+
+def _scheduler(array: dask.array.Array) -> Any:
+    """The scheduler dask would compute ``array`` with; asked without importing ``distributed`` when nothing did
+    (no client can exist then), which saves a fresh process most of a second."""
+    from dask.base import get_scheduler
+
+    if "distributed" in sys.modules or dask.config.get("scheduler", None) is not None:
+        return get_scheduler(collections=[array])
+    return dask.threaded.get
+
+
+def in_memory(data: Any) -> bool:
+    """True for a numpy array as xarray wraps one in adapters (a label read at open), nothing to read lazily."""
+    while not isinstance(data, np.ndarray):
+        if isinstance(data, (TrialStackArray, BackendArray)) or not hasattr(data, "array"):
+            return False
+        data = data.array
+    return True
 
 
 def whole_reader(data: Any) -> TrialReader | None:

@@ -10,6 +10,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import xarray as xr
 from xarray.namedarray.daskmanager import DaskManager
 
@@ -21,20 +22,24 @@ from neuroxr.formats.netcdf import open_netcdf
 from neuroxr.formats.nwb import open_nwb
 from neuroxr.formats.zarr import open_zarr
 from neuroxr.layout.discover import is_scan_folder, scan_paths, scan_urls
-from neuroxr.lazy import WholeReadArray, whole_reader
+from neuroxr.lazy import WholeReadArray, in_memory, whole_reader
 from neuroxr.sources import is_url
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
 
 
 class WholeReadDaskManager(DaskManager):
-    """xarray's dask chunk manager, except that a variable of trial files becomes a :class:`~neuroxr.lazy.WholeReadArray`.
+    """xarray's dask chunk manager, except that a variable of trial files becomes a :class:`~neuroxr.lazy.WholeReadArray`
+    and labels already in memory stay numpy arrays.
 
     Given to ``xr.open_dataset`` by :func:`open_scan`, so that ``ds.responses.values`` reads every
-    trial straight into one array instead of concatenating dask's blocks.
+    trial straight into one array instead of concatenating dask's blocks, and selecting trials
+    reads only them; labels (tiers, image ids, statistics) are in memory as the data model says.
     """
 
     def from_array(self, data, chunks, **kwargs):  # type: ignore[no-untyped-def, override]
+        if in_memory(data):
+            return np.asarray(data)
         array = super().from_array(data, chunks, **kwargs)
         reader = whole_reader(data)
         return array if reader is None else WholeReadArray.of(array, reader)
