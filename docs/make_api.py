@@ -27,7 +27,7 @@ SECTIONS = [
     (
         "Errors",
         "neuroxr",
-        ["NeuroxrError", "ScanError", "DatasetError", "TargetExistsError", "SourceOverwriteError", "MissingExtraError"],
+        ["NeuroxrError", "ScanError", "DatasetError", "TargetExistsError", "TargetBusyError", "SourceOverwriteError", "MissingExtraError"],
     ),
 ]
 

@@ -21,6 +21,7 @@ from neuroxr.errors import (
     RemoteError,
     ScanError,
     SourceOverwriteError,
+    TargetBusyError,
     TargetExistsError,
 )
 
@@ -52,7 +53,16 @@ _SUBMODULES = {
     "datamodel": "neuroxr.datamodel",
     "model": "neuroxr.model",  # deprecated alias of datamodel
 }
-_ERRORS = ["DatasetError", "MissingExtraError", "NeuroxrError", "RemoteError", "ScanError", "SourceOverwriteError", "TargetExistsError"]
+_ERRORS = [
+    "DatasetError",
+    "MissingExtraError",
+    "NeuroxrError",
+    "RemoteError",
+    "ScanError",
+    "SourceOverwriteError",
+    "TargetBusyError",
+    "TargetExistsError",
+]
 
 __all__ = [*_ERRORS, "__version__", *_EXPORTS, *(name for name in _SUBMODULES if name != "model")]
 

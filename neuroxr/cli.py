@@ -10,8 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -219,14 +221,55 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
+# ----------------------------------------------------------------------------------------------
+# errors: one line each, in the command's terms
+
+#: Exit status of a refusal or a failure the user can act on, and of an error neuroxr did not expect.
+EXIT_ERROR = 2
+EXIT_INTERNAL = 3
+DEBUG_VARIABLE = "NEUROXR_DEBUG"
+
+
+def error_line(error: BaseException) -> str:
+    """One line for ``error``, in the command's terms (``--overwrite``, not ``overwrite=True``)."""
+    from neuroxr.errors import TargetExistsError
+
+    if isinstance(error, TargetExistsError):
+        text = f"{error.path}: {error.problem}" + ("; use --overwrite to replace it" if error.replaceable else "")
+    elif isinstance(error, OSError) and error.strerror and not isinstance(error, NeuroxrError):
+        text = error.strerror
+        if error.filename and str(error.filename) not in text:
+            text = f"{error.filename}: {text}"
+    elif isinstance(error, (NeuroxrError, ValueError, OSError)):
+        text = str(error)
+    else:
+        text = f"{type(error).__name__}: {error}"
+    notes = [note for note in getattr(error, "__notes__", []) if note not in text]
+    text = "; ".join([text, *notes])
+    return " ".join(text.split())  # one line, whatever the libraries put in their messages
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``neuroxr`` command; return its exit status."""
+    """Run the ``neuroxr`` command; return its exit status.
+
+    Every error is one line on stderr (``neuroxr: ...``) and a non-zero status: 2 for what the
+    user can act on, 3 for an error neuroxr did not expect (``NEUROXR_DEBUG=1`` shows its traceback).
+    """
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (NeuroxrError, FileNotFoundError, PermissionError) as error:  # MissingExtraError among them
-        print(f"neuroxr: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("neuroxr: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        expected = isinstance(error, (NeuroxrError, OSError, ValueError))
+        prefix = "neuroxr: " if expected else "neuroxr: internal error: "
+        print(prefix + error_line(error), file=sys.stderr)
+        if os.environ.get(DEBUG_VARIABLE):
+            traceback.print_exc()
+        elif not expected:
+            print(f"neuroxr: set {DEBUG_VARIABLE}=1 to see where it happened", file=sys.stderr)
+        return EXIT_ERROR if expected else EXIT_INTERNAL
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,9 @@ Each names where the problem is and says what was expected and what was found:
 - :class:`RemoteError`: a scan behind a URL cannot be read as it was opened (a ``ScanError``; its
   ``reason`` says which of not found, refused, timed out, unauthorised, bad response, changed);
 - :class:`DatasetError`: a Dataset handed to neuroxr lacks what the operation needs (no file is at fault);
-- :class:`TargetExistsError`: an export target exists and overwriting was not asked for;
+- :class:`TargetExistsError`: an export target exists and overwriting was not asked for, or it is
+  not a previous output of the same kind (which neuroxr never replaces);
+- :class:`TargetBusyError`: another export is writing the same target right now;
 - :class:`SourceOverwriteError`: an export would write over the data it reads;
 - :class:`MissingExtraError`: an optional dependency is not installed; it names the extra to install.
 
@@ -62,11 +64,30 @@ class DatasetError(NeuroxrError, ValueError):
 
 
 class TargetExistsError(NeuroxrError, FileExistsError):
-    """An export target already exists and ``overwrite=True`` was not given."""
+    """An export target exists: ``overwrite=True`` was not given, or it cannot be replaced.
 
-    def __init__(self, path: object) -> None:
-        super().__init__(f"{path}: already exists; pass overwrite=True to replace it")
+    ``replaceable`` says whether ``overwrite=True`` would replace it (False for something that is
+    not a previous output of the same kind, such as a folder where a file is to be written).
+
+    >>> str(TargetExistsError("scan.nc"))
+    'scan.nc: already exists; pass overwrite=True to replace it'
+    """
+
+    def __init__(self, path: object, problem: str = "already exists", *, replaceable: bool = True) -> None:
         self.path = str(path)
+        self.problem = problem
+        self.replaceable = replaceable
+        advice = "; pass overwrite=True to replace it" if replaceable else ""
+        super().__init__(f"{self.path}: {problem}{advice}")
+
+
+class TargetBusyError(NeuroxrError, BlockingIOError):
+    """Another export is writing the same target now (it holds the target's lock file)."""
+
+    def __init__(self, path: object, lock: object) -> None:
+        self.path = str(path)
+        self.lock = str(lock)
+        super().__init__(f"{self.path}: another export to this target is running (it holds {self.lock}); wait for it to end")
 
 
 class SourceOverwriteError(NeuroxrError, ValueError):

@@ -23,7 +23,7 @@ from neuroxr.formats.nwb import open_nwb
 from neuroxr.formats.zarr import open_zarr
 from neuroxr.layout.discover import is_scan_folder, scan_paths, scan_urls
 from neuroxr.lazy import WholeReadArray, in_memory, whole_reader
-from neuroxr.sources import is_url
+from neuroxr.sources import is_ignored, is_url
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
 
@@ -151,7 +151,7 @@ def open_any(path: str | os.PathLike[str], **kwargs: object) -> xr.Dataset | xr.
         return open_netcdf(path, **kwargs)  # type: ignore[arg-type]
     if suffix == ".zarr":
         return open_zarr(path, **kwargs)  # type: ignore[arg-type]
-    if suffix == ".nwb" or (path.is_dir() and any(path.glob("*.nwb")) and not is_scan_folder(path)):
+    if suffix == ".nwb" or (path.is_dir() and any(not is_ignored(p.name) for p in path.glob("*.nwb")) and not is_scan_folder(path)):
         return open_nwb(path, **kwargs)  # type: ignore[arg-type]
     if not path.exists():
         raise ScanError(path, "no such file or folder")

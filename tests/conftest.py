@@ -7,6 +7,7 @@
   is a folder of such scans laid out like the downloaded release.
 - ``forbidden_scheduler`` fails a test if anything inside its ``with`` block computes.
 - :func:`moved_away` takes files away for a while, to show that a lazy object still reads them.
+- :func:`small_filesystem` mounts a real, small (or read-only) file system, for full-disk tests.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import subprocess
 import warnings
 import zipfile
 from collections.abc import Callable, Iterator
@@ -310,6 +312,22 @@ def moved_away(path: Path) -> Iterator[None]:
         yield
     finally:
         aside.rename(path)
+
+
+@contextlib.contextmanager
+def small_filesystem(where: Path, size: str, *, read_only: bool = False) -> Iterator[Path]:
+    """A real tmpfs of ``size`` (``"256k"``) mounted at the new folder ``where``; skips the test where
+    mounting is not allowed (it needs root, as CI has)."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
 
 
 def assert_reads_on_access(obj: Any, path: Path) -> None:

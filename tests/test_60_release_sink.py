@@ -8,7 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xarray as xr
 
+import neuroxr
 from neuroxr import datamodel as model
 from neuroxr.errors import TargetExistsError
 from neuroxr import open_scan
@@ -124,8 +126,8 @@ def test_withheld_cells_are_zeros(written, values):
 
 @pytest.mark.parametrize("compression", [None, "deflated"])
 def test_zip(scan, written, tmp_path, compression):
-    path = to_folder(scan, tmp_path / "scan.zip", zip=True, compression=compression)
-    top = scan.attrs["release_name"]
+    top = scan.attrs["release_name"]  # named like the release's archives: the top folder is the stem
+    path = to_folder(scan, tmp_path / f"{top}.zip", zip=True, compression=compression)
     expected = zipfile.ZIP_DEFLATED if compression else zipfile.ZIP_STORED
     with zipfile.ZipFile(path) as archive:
         assert archive.testzip() is None
@@ -141,11 +143,12 @@ def test_zip(scan, written, tmp_path, compression):
         np.testing.assert_array_equal(array, np.load(written / "data/images/3.npy"))
 
 
-def test_zip_top_folder_falls_back_to_stem(scan, tmp_path):
-    unnamed = scan.isel(trial=slice(0, 3))
-    unnamed.attrs = {k: v for k, v in scan.attrs.items() if k != "release_name"}
-    with zipfile.ZipFile(to_folder(unnamed, tmp_path / "my-scan.zip", zip=True)) as archive:
+def test_zip_top_folder_is_the_archive_stem_whatever_the_attributes_say(scan, tmp_path):
+    crafted = scan.isel(trial=slice(0, 3))
+    crafted.attrs["release_name"] = "../../outside"
+    with zipfile.ZipFile(to_folder(crafted, tmp_path / "my-scan.zip", zip=True)) as archive:
         assert {name.split("/")[0] for name in archive.namelist()} == {"my-scan"}
+    assert neuroxr.open_scan(tmp_path / "my-scan.zip").attrs["scan"] == scan.attrs["scan"]  # from meta/neurons
 
 
 def test_files_numbered_by_position_and_unchunked_input(values, tmp_path):
@@ -183,25 +186,56 @@ def test_missing_file_attrs_fall_back_to_release_names(values, written, tmp_path
 
 
 def test_existing_target_is_refused_unless_overwrite(scan, tmp_path):
-    target = tmp_path / "scan"
-    target.mkdir()
-    (target / "keep.txt").write_text("x")
-    with pytest.raises(TargetExistsError):
+    target = to_folder(scan.isel(trial=slice(0, 3)), tmp_path / "scan")
+    with pytest.raises(TargetExistsError, match="overwrite=True"):
         to_folder(scan, target)
-    assert (target / "keep.txt").exists()
+    assert len(list((target / "data/images").iterdir())) == 3
     to_folder(scan, target, overwrite=True)
-    assert not (target / "keep.txt").exists() and (target / "data/images/0.npy").exists()
+    assert len(list((target / "data/images").iterdir())) == N_TRIALS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan"]  # no lock, no partial, no previous left
 
 
-def test_refuses_to_overwrite_the_source(scan, tmp_path):
-    source = tmp_path / "source"
-    source.mkdir()
-    opened = scan.copy()
-    opened.encoding["source"] = str(source)
-    with pytest.raises(ValueError, match="refusing"):
-        to_folder(opened, source, overwrite=True)
-    with pytest.raises(ValueError, match="refusing"):
-        to_folder(opened, source / "inside.zip", zip=True)
+@pytest.mark.parametrize("as_zip", [False, True])
+def test_overwrite_never_replaces_what_is_not_a_previous_output(scan, tmp_path, as_zip):
+    """A folder tree of the user's (or a file where a folder goes) is not the release layout: kept."""
+    mine = tmp_path / ("mine.zip" if as_zip else "mine")
+    if as_zip:
+        mine.write_text("my notes")
+    else:
+        (mine / "data").mkdir(parents=True)  # a data/ folder, but also something else
+        (mine / "data" / "keep.txt").write_text("x")
+        (mine / "thesis.tex").write_text("x")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    with pytest.raises(TargetExistsError, match="an export replaces only") as caught:
+        to_folder(scan, mine, zip=as_zip, overwrite=True)
+    assert not caught.value.replaceable
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_refuses_to_overwrite_the_source_whatever_was_done_to_the_data(scan, tmp_path):
+    """The guard finds the files in the data (its dask graph), not in ``encoding``, which xarray drops."""
+    source = to_folder(scan, tmp_path / "source")
+    archive = to_folder(scan, tmp_path / "source.zip", zip=True)
+    before = all_files(source), archive.read_bytes()
+    for path in (source, archive):
+        opened = open_scan(path)
+        derived = {
+            "as opened": opened,
+            "where": opened.where(opened.responses > 0),
+            "merge": xr.merge([opened.responses, opened.behavior]),
+            "isel": opened.isel(trial=slice(0, 5)),
+            "arithmetic": opened[["responses"]] * 2,
+        }
+        for how, ds in derived.items():
+            if how in ("where", "merge"):
+                assert "source" not in ds.encoding  # what the guard used to rely on
+            for target in (path, path.parent / path.name / "inside", path.parent):
+                with pytest.raises(neuroxr.SourceOverwriteError, match="refusing"):
+                    to_folder(ds, target, overwrite=True)
+    assert (all_files(source), archive.read_bytes()) == before
+    in_memory = open_scan(source).load()  # nothing read lazily any more: writing over the source is safe
+    to_folder(in_memory, source, overwrite=True)
+    assert all_files(source) == before[0]
 
 
 @pytest.mark.parametrize("as_zip", [False, True])

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import errno
-import os
-import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,7 +11,6 @@ import numpy as np
 import pytest
 import xarray as xr
 
-import neuroxr
 from neuroxr.errors import TargetExistsError
 from neuroxr.formats.netcdf import open_netcdf, to_netcdf
 from neuroxr.formats.zarr import open_zarr, to_zarr
@@ -312,63 +306,6 @@ def test_failure_in_a_dask_task_leaves_nothing(tiny, tmp_path: Path, fmt: str) -
         write(broken, tmp_path / f"scan{suffix}")
     assert not (tmp_path / f"scan{suffix}").exists()
     assert _leftovers(tmp_path) == []
-
-
-KILLED_WRITER = """
-import sys, time
-from pathlib import Path
-import dask, numpy as np, dask.array as da, xarray as xr
-if sys.argv[1].endswith(".nc"):
-    from neuroxr.formats.netcdf import to_netcdf as write
-else:
-    from neuroxr.formats.zarr import to_zarr as write
-
-marker = Path(sys.argv[2])
-blocks_done = []
-
-def slow(x):
-    # One thread: the first block is computed and written, the second signals and hangs.
-    if blocks_done:
-        marker.write_text("one block written")
-        time.sleep(60)
-    blocks_done.append(1)
-    return x
-
-values = da.zeros((40, 3), chunks=(10, 3), dtype=np.float32).map_blocks(slow, dtype=np.float32)
-ds = xr.Dataset({"behavior": (("trial", "behavior_variable"), values)})
-with dask.config.set(scheduler="synchronous"):
-    write(ds, sys.argv[1])
-"""
-
-
-def test_killed_export_leaves_no_complete_looking_file(tmp_path: Path) -> None:
-    """SIGKILL two writers (NetCDF and Zarr) once a first block is written."""
-    script = tmp_path / "writer.py"
-    script.write_text(textwrap.dedent(KILLED_WRITER))
-    env = {**os.environ, "PYTHONPATH": str(Path(neuroxr.__file__).parent.parent)}
-    runs = {
-        suffix: (tmp_path / f"scan{suffix}", tmp_path / f"marker{suffix}")
-        for suffix in (".nc", ".zarr")
-    }
-    processes = {
-        suffix: subprocess.Popen([sys.executable, str(script), str(target), str(marker)], env=env)
-        for suffix, (target, marker) in runs.items()
-    }
-    try:
-        deadline = time.monotonic() + 60
-        for suffix, (target, marker) in runs.items():
-            while not marker.exists() and processes[suffix].poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert marker.exists(), f"the {suffix} writer never started writing"
-            processes[suffix].send_signal(signal.SIGKILL)
-            processes[suffix].wait(timeout=30)
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-    for target, _ in runs.values():
-        assert not target.exists()
-        assert any(name.startswith(f".{target.name}{PARTIAL}") for name in _leftovers(tmp_path))
 
 
 def test_full_disk_is_reported_before_writing(tiny, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

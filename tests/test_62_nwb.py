@@ -254,12 +254,16 @@ def test_opened_file_pickles_and_computes_without_an_open_handle(written: Writte
 def test_existing_target_source_and_failures(written: Written, tmp_path: Path) -> None:
     source, path = written["normal"]
     target = tmp_path / "scan.nwb"
-    target.write_bytes(b"old")
+    target.write_bytes(b"not an NWB file")
+    with pytest.raises(TargetExistsError, match="not an NWB file: an export replaces only an NWB file"):
+        to_nwb(source, target, overwrite=True)  # never replaces what is not a previous NWB file
+    old = path.read_bytes()
+    target.write_bytes(old)
     with pytest.raises(TargetExistsError):
         to_nwb(source, target)
     with pytest.raises(ValueError, match="unknown session fields"):
         to_nwb(source, target, overwrite=True, session={"colour": "blue"})
-    assert target.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nwb"]
+    assert target.read_bytes() == old and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nwb"]
     with pytest.raises(ValueError, match="refusing to write over"):
         to_nwb(open_nwb(path), path, overwrite=True)
     plain = tmp_path / "plain.nwb"

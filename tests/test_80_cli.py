@@ -161,3 +161,61 @@ def test_validate_a_broken_video_scan(dynamic_folder: Path, capsys: pytest.Captu
     assert "meta/trials/tiers.npy: expected one entry per trial (21), found length 20" in out
     assert "data/videos/3.npy: holds float32 (4, 6, 11), expected float32 (4, 6, 12)" in out
     assert "3 problems" in out
+
+
+# ----------------------------------------------------------------------------------------------
+# errors: one line, a non-zero status, never a traceback
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("neuroxr: ") and "Traceback" not in captured.err, captured.err
+    return lines[0]
+
+
+def test_export_refusals_are_one_line_in_the_commands_terms(
+    shared_scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "scan.nc"
+    assert main(["convert", "-q", str(shared_scan), str(target)]) == 0
+    capsys.readouterr()
+    assert main(["convert", "-q", str(shared_scan), str(target)]) == 2
+    line = one_error_line(capsys)
+    assert "already exists; use --overwrite to replace it" in line and "overwrite=True" not in line
+    assert main(["convert", "-q", str(target), str(target), "--overwrite"]) == 2  # its own source
+    assert "refusing to write over the data being exported" in one_error_line(capsys)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("x")
+    assert main(["convert", "-q", str(shared_scan), str(tmp_path / "mine"), "--to", "zarr", "--overwrite"]) == 2
+    line = one_error_line(capsys)
+    assert "not a Zarr store" in line and "--overwrite" not in line.split("not a Zarr store")[1]
+    assert (tmp_path / "mine" / "thesis.tex").exists()
+
+
+def test_a_full_disk_is_one_line_from_the_real_command(tmp_path: Path) -> None:
+    from conftest import small_filesystem
+
+    scan = neuroxr.write_scan(tmp_path / "scan", n_trials=40, n_neurons=2000, image_shape=(1, 36, 64))  # ~0.7 MB
+    with small_filesystem(tmp_path / "small", "128k") as small:
+        for target in (small / "scan.nc", small / "scan.nwb", small / "scan.zip"):
+            run = subprocess.run(
+                [sys.executable, "-m", "neuroxr.cli", "convert", "-q", str(scan), str(target)],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert run.returncode == 2, run.stderr
+            assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+            assert str(target) in run.stderr and ("no space left" in run.stderr or "not enough space" in run.stderr)
+        assert list(small.iterdir()) == []
+
+
+def test_an_unexpected_error_is_one_line_and_a_debug_variable_shows_the_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = tmp_path / "broken.nc"
+    broken.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 64)  # an HDF5 signature and nothing else
+    assert main(["info", str(broken)]) in (2, 3)
+    assert "broken.nc" in one_error_line(capsys)
+    monkeypatch.setenv("NEUROXR_DEBUG", "1")
+    assert main(["info", str(broken)]) in (2, 3)
+    assert "Traceback" in capsys.readouterr().err

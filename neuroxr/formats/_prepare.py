@@ -8,7 +8,8 @@
 - The numpy dtypes of string variables are recorded, for formats that cannot keep a ``<U`` width.
 - Compression specs (``None``, ``"zstd"``, ``"zlib:4"``, ``"blosc_lz4:5"``) are parsed here; each
   format maps them onto its own encoding keys.
-- The files a lazy Dataset reads from are found here, for the guard against writing over them.
+- The files a lazy Dataset reads from are found here, in the data itself, for the guard against
+  writing over them.
 
 Nothing here knows a file format.
 """
@@ -18,8 +19,9 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,14 +185,78 @@ def prepare(obj: Scans) -> tuple[Scans, dict[str, xr.Dataset]]:
 
 
 def data_sources(obj: Scans) -> list[str]:
-    """Every file a lazy Dataset (or tree) reads from, as recorded in its encodings."""
-    found: list[str] = []
+    """Every local file or folder a lazy Dataset (or tree) still reads from, found in the data itself.
+
+    The lazy arrays behind each variable are followed (through dask graphs and xarray's lazy
+    indexing wrappers) to the objects that read files: neuroxr's trial readers (a scan folder or
+    .zip), NWB row readers, and xarray's NetCDF and Zarr backend arrays. So the sources survive what
+    drops ``encoding`` (``ds.where(...)``, ``xr.merge(...)``, arithmetic); data held in memory has
+    none. For a scan folder, the scan folder itself is given (not only its ``data/<name>`` folders).
+
+    >>> scan = neuroxr.write_scan(tmp / "scan", n_trials=20, n_neurons=5)
+    >>> ds = neuroxr.open_scan(scan)
+    >>> data_sources(ds.where(ds.responses > 0)) == [str(scan.resolve())]
+    True
+    """
+    found: dict[str, None] = {}
     for ds in node_datasets(obj).values():
-        for encoding in [ds.encoding, *(v.encoding for v in ds.variables.values())]:
-            source = encoding.get("source")
-            if isinstance(source, (str, os.PathLike)) and str(source) not in found:
-                found.append(str(source))
-    return found
+        for variable in ds.variables.values():
+            for leaf in _lazy_leaves(getattr(variable, "_data", None)):
+                for path in _paths_read_by(leaf):
+                    found.setdefault(path)
+    return list(found)
+
+
+def _lazy_leaves(data: Any) -> Iterator[Any]:
+    """The objects a variable's data reads from: the values in its dask graph, unwrapped, or its lazy array."""
+    if data is None or isinstance(data, np.ndarray):
+        return
+    graph = getattr(data, "__dask_graph__", None)
+    roots = list(dict(graph()).values()) if callable(graph) and graph() is not None else [data]
+    pending, seen = roots, set()
+    while pending:
+        value = pending.pop()
+        if id(value) in seen or isinstance(value, (str, bytes, int, float, np.ndarray, type(None))):
+            continue
+        seen.add(id(value))
+        if isinstance(value, (list, tuple, set, frozenset)):
+            pending.extend(value)
+        elif isinstance(value, dict):
+            pending.extend(value.values())
+        elif hasattr(value, "args") and hasattr(value, "func"):  # a dask task: its arguments
+            pending.extend([*value.args, *getattr(value, "kwargs", {}).values()])
+        elif type(value).__name__ == "DataNode" and hasattr(value, "value"):  # a dask literal
+            pending.append(value.value)
+        else:
+            yield value
+            inner = getattr(value, "array", None)  # xarray's lazy indexing wrappers
+            if inner is not None and not isinstance(inner, np.ndarray):
+                pending.append(inner)
+
+
+def _paths_read_by(leaf: Any) -> list[str]:
+    """The local paths one lazy reader reads (empty for anything that reads no local file)."""
+    candidates: list[Any] = []
+    files = getattr(getattr(leaf, "reader", None), "files", None)  # neuroxr's TrialStackArray
+    if files is not None:
+        directory = getattr(files, "directory", None)
+        if directory is not None:  # <scan>/data/<name>/: the scan folder is what to protect
+            folder = Path(directory)
+            candidates.append(folder.parent.parent if folder.parent.name == datamodel.DATA_DIR else folder)
+        candidates.append(getattr(files, "archive", None))
+    datastore = getattr(leaf, "datastore", None)  # xarray's NetCDF (netCDF4, h5netcdf) arrays
+    if datastore is not None:
+        candidates.append(getattr(datastore, "_filename", None))
+    zarr_array = getattr(leaf, "_array", None)  # xarray's Zarr arrays
+    if zarr_array is not None:
+        candidates.append(getattr(getattr(zarr_array, "store", None), "root", None))
+    if type(leaf).__module__.startswith("neuroxr."):  # neuroxr's NWB readers
+        candidates.append(getattr(leaf, "path", None))
+    paths = []
+    for candidate in candidates:
+        if isinstance(candidate, (str, os.PathLike)) and "://" not in str(candidate):
+            paths.append(str(Path(candidate).resolve()))
+    return paths
 
 
 # ----------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import xarray as xr
 
 from neuroxr.dataset import load_labels
 from neuroxr.formats import _prepare
-from neuroxr.formats._write import dask_progress, write_atomically
+from neuroxr.formats._write import OutputKind, dask_progress, is_netcdf_file, write_atomically
 
 #: Default compression: none. Measured on release-sized data (docs/convert.md): zlib costs several
 #: times the write time, zstd needs an HDF5 filter plugin that h5py/h5netcdf and older netCDF builds
@@ -37,6 +37,8 @@ CODECS: dict[str, dict[str, int]] = {
     "h5netcdf": {"zlib": 1},
 }
 STRING_DTYPES_TYPE = "neuroxr_string_dtypes"
+#: What ``overwrite=True`` may replace: a netCDF file (never a folder or another kind of file).
+NETCDF_FILE = OutputKind("a netCDF file", folder=False, recognise=is_netcdf_file)
 
 CompressionSpec = str | Mapping[str, Any] | None
 
@@ -144,7 +146,9 @@ def to_netcdf(
 
     needed = _prepare.uncompressed_bytes(nodes) if not compression_keys else None
     with dask_progress(progress, f"writing {Path(path).name}"):
-        return write_atomically(path, write, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed)
+        return write_atomically(
+            path, write, kind=NETCDF_FILE, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed
+        )
 
 
 def _has_groups(path: str | os.PathLike[str]) -> bool:

@@ -26,7 +26,7 @@ import xarray as xr
 from neuroxr.dataset import load_labels
 from neuroxr.errors import require
 from neuroxr.formats import _prepare
-from neuroxr.formats._write import dask_progress, write_atomically
+from neuroxr.formats._write import OutputKind, dask_progress, visible_entries, write_atomically
 
 #: Default compression: Blosc with LZ4 and byte shuffle. Measured on release-sized data
 #: (docs/convert.md): it halves the store and writes as fast as no compression, because Blosc
@@ -37,6 +37,15 @@ DEFAULT_COMPRESSION: str | None = "blosc_lz4"
 CODECS: dict[str, int] = {"blosc_lz4": 5, "blosc_zstd": 1, "zstd": 1, "gzip": 1}
 
 CompressionSpec = str | Mapping[str, Any] | Sequence[Any] | None
+
+
+def is_zarr_store(path: Path) -> bool:
+    """A folder holding a Zarr group or array (v3 ``zarr.json``, v2 ``.zgroup``/``.zarray``), or nothing."""
+    return any((path / name).is_file() for name in ("zarr.json", ".zgroup", ".zarray")) or not visible_entries(path)
+
+
+#: What ``overwrite=True`` may replace: a Zarr store (or an empty folder), never another folder tree.
+ZARR_STORE = OutputKind("a Zarr store", folder=True, recognise=is_zarr_store)
 
 
 def _require_zarr() -> Any:
@@ -139,7 +148,9 @@ def to_zarr(
 
     needed = _prepare.uncompressed_bytes(nodes) if not codecs else None
     with dask_progress(progress, f"writing {Path(path).name}"):
-        return write_atomically(path, write, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed)
+        return write_atomically(
+            path, write, kind=ZARR_STORE, sources=_prepare.data_sources(obj), overwrite=overwrite, needed_bytes=needed
+        )
 
 
 def _has_groups(path: str) -> bool:

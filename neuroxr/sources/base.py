@@ -18,21 +18,24 @@ from neuroxr.errors import ScanError
 IGNORED_PARTS = ("__MACOSX",)
 IGNORED_PREFIXES = ("._",)
 IGNORED_NAMES = (".DS_Store",)
+#: Hidden names holding this are an export's own files beside its target (a partial output, a lock,
+#: a previous output moved aside): never part of a scan. ``formats/_write.py`` names them.
+EXPORT_MARKER = ".neuroxr-"
 
 Buffers = Sequence[memoryview]
 
 
 def is_ignored(relative: str) -> bool:
-    """True for archive clutter (``__MACOSX/``, ``._x``, ``.DS_Store``) that is never part of a scan.
+    """True for archive clutter (``__MACOSX/``, ``._x``, ``.DS_Store``) and export leftovers, never part of a scan.
 
-    >>> is_ignored("__MACOSX/scan/._data"), is_ignored("scan/data/0.npy")
-    (True, False)
+    >>> is_ignored("__MACOSX/scan/._data"), is_ignored(".scan.neuroxr-partial-1a2b/data"), is_ignored("scan/data/0.npy")
+    (True, True, False)
     """
     if "__MACOSX" not in relative and ".DS_Store" not in relative and "._" not in relative:
         return False  # the common case, without splitting
     parts = relative.split("/")
     return (
-        any(part in IGNORED_PARTS for part in parts)
+        any(part in IGNORED_PARTS or (part.startswith(".") and EXPORT_MARKER in part) for part in parts)
         or parts[-1] in IGNORED_NAMES
         or parts[-1].startswith(IGNORED_PREFIXES)
     )

@@ -21,7 +21,7 @@ import xarray as xr
 from neuroxr import datamodel
 from neuroxr.errors import DatasetError
 from neuroxr.formats._prepare import data_sources, node_datasets, uncompressed_bytes
-from neuroxr.formats._write import write_atomically
+from neuroxr.formats._write import OutputKind, Progress, is_hdf5_file, output_name, visible_entries, write_atomically
 from neuroxr.formats.nwb.mapping import NWB_SUFFIX, json_attrs
 from neuroxr.formats.nwb.read import open_nwb_file
 from neuroxr.formats.nwb.write import ExportOptions, write_nwb_file
@@ -68,26 +68,41 @@ def to_nwb(
         compression_level=compression_level,
         progress=progress,
     )
+    description = f"writing {Path(path).name}"
     if isinstance(data, xr.DataTree):
         scans = _tree_scans(data)
         tree_attrs = json_attrs(data.attrs)
+        kind = NWB_FOLDER
 
         def write(temporary: Path) -> None:
             temporary.mkdir()
-            for name, ds in scans.items():
-                node_options = replace(options, tree={"name": name, "root_attrs": tree_attrs})
-                write_nwb_file(ds, temporary / f"{name}{NWB_SUFFIX}", node_options)
+            with Progress(progress, description) as display:
+                for name, ds in scans.items():
+                    node_options = replace(options, tree={"name": name, "root_attrs": tree_attrs}, display=display)
+                    write_nwb_file(ds, temporary / f"{name}{NWB_SUFFIX}", node_options)
 
     elif isinstance(data, xr.Dataset):
+        kind = NWB_FILE
 
         def write(temporary: Path) -> None:
-            write_nwb_file(data, temporary, options)
+            with Progress(progress, description) as display:
+                write_nwb_file(data, temporary, replace(options, display=display))
 
     else:
         raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")
     _refuse_video_scans(data)
     needed = None if compression else uncompressed_bytes(node_datasets(data))
-    return write_atomically(path, write, sources=data_sources(data), overwrite=overwrite, needed_bytes=needed)
+    return write_atomically(path, write, kind=kind, sources=data_sources(data), overwrite=overwrite, needed_bytes=needed)
+
+
+def is_nwb_folder(path: Path) -> bool:
+    """A folder holding only NWB (HDF5) files (and hidden ones), or nothing: what a DataTree export writes."""
+    return all(entry.suffix == NWB_SUFFIX and is_hdf5_file(entry) for entry in visible_entries(path))
+
+
+#: What ``overwrite=True`` may replace: an NWB file; for a DataTree, a folder of NWB files only.
+NWB_FILE = OutputKind("an NWB file", folder=False, recognise=is_hdf5_file)
+NWB_FOLDER = OutputKind("a folder of NWB files", folder=True, recognise=is_nwb_folder)
 
 
 def _refuse_video_scans(data: xr.Dataset | xr.DataTree) -> None:
@@ -114,7 +129,7 @@ def _tree_scans(tree: xr.DataTree) -> dict[str, xr.Dataset]:
             if node.to_dataset(inherit=False).variables:
                 raise ValueError(f"to_nwb: expected scans as children of the root, found data at {node.path}")
             continue
-        scans[str(node.name)] = node.to_dataset(inherit=False)
+        scans[output_name(node.name, "to_nwb: scan (DataTree node)")] = node.to_dataset(inherit=False)
     if not scans:
         raise ValueError("to_nwb: the DataTree holds no scan")
     return scans

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuroxr.formats._write import BlockStream, progress_bar
+from neuroxr.formats._write import BlockStream, Progress
 
 def _storable_block(block: np.ndarray, channel_axis: int | None) -> np.ndarray:
     """A block of trial images as NWB holds them: (n, y, x) grey or (n, y, x, channels) colour."""
@@ -157,7 +157,7 @@ def write_distinct_images(
     *,
     channel_axis: int | None,
     trial_labels: np.ndarray,
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> DistinctImages:
     """One pass over the image blocks, writing each distinct (image id, pixels) pair once into ``target``.
 
@@ -173,28 +173,27 @@ def write_distinct_images(
     stream = BlockStream(images.data, prepare=prepare)  # the casts run in the background thread
     distinct = DistinctImages(image_of_trial=np.empty(images.shape[0], dtype=np.int64))
     variants: dict[Any, list[int]] = {}
-    bar = progress_bar(progress, total=len(stream), desc="nwb: images")
-    try:
-        for first, (block, small, exact) in stream:
-            for offset in range(len(block)):
-                trial = first + offset
-                image = small[offset] if exact[offset] else block[offset]
-                image_id = image_ids[trial].item()
-                known = variants.setdefault(image_id, [])
-                match = next((k for k in known if _same_bytes(target.read(distinct.names[k]), image)), None)
-                if match is None:
-                    match = len(distinct.names)
-                    base = "image_" + re.sub(r"[/:]", "_", str(image_id))
-                    name = base if not known else f"{base}_v{len(known)}"
-                    target.add(name, image, f"frame_image_id {image_id} (first shown in trial {trial_labels[trial]})")
-                    known.append(match)
-                    distinct.image_ids.append(image_id)
-                    distinct.first_trial.append(trial)
-                    distinct.names.append(name)
-                distinct.image_of_trial[trial] = match
-            bar.update(1)
-    finally:
-        bar.close()
+    if progress is not None:
+        progress.add(len(stream))
+    for first, (block, small, exact) in stream:
+        for offset in range(len(block)):
+            trial = first + offset
+            image = small[offset] if exact[offset] else block[offset]
+            image_id = image_ids[trial].item()
+            known = variants.setdefault(image_id, [])
+            match = next((k for k in known if _same_bytes(target.read(distinct.names[k]), image)), None)
+            if match is None:
+                match = len(distinct.names)
+                base = "image_" + re.sub(r"[/:]", "_", str(image_id))
+                name = base if not known else f"{base}_v{len(known)}"
+                target.add(name, image, f"frame_image_id {image_id} (first shown in trial {trial_labels[trial]})")
+                known.append(match)
+                distinct.image_ids.append(image_id)
+                distinct.first_trial.append(trial)
+                distinct.names.append(name)
+            distinct.image_of_trial[trial] = match
+        if progress is not None:
+            progress.advance()
     return distinct
 
 

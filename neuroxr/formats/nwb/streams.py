@@ -105,14 +105,20 @@ def iterator_class() -> type:
     from hdmf.data_utils import GenericDataChunkIterator
 
     class RowsIterator(GenericDataChunkIterator):
-        """hdmf iterator over a 2-D (or n-D) array whose rows come from a row source, in ``order``."""
+        """hdmf iterator over a 2-D (or n-D) array whose rows come from a row source, in ``order``.
 
-        def __init__(self, source: Any, order: np.ndarray | None, dtype: np.dtype, **kwargs: Any) -> None:
+        ``on_buffer`` is called once per buffer handed to hdmf (the export's progress display).
+        """
+
+        def __init__(
+            self, source: Any, order: np.ndarray | None, dtype: np.dtype, on_buffer: Callable[[], None] | None = None, **kwargs: Any
+        ) -> None:
             self._source = source
             self._order = order
             self._shape = source.shape
             self._dtype_value = np.dtype(dtype)
-            super().__init__(**kwargs)
+            self._on_buffer = on_buffer
+            super().__init__(display_progress=False, **kwargs)
 
         def _get_data(self, selection: tuple[slice, ...]) -> np.ndarray:
             first = selection[0]
@@ -120,6 +126,8 @@ def iterator_class() -> type:
             if self._order is not None:
                 rows = self._order[rows]
             data = self._source.get(rows)
+            if self._on_buffer is not None:
+                self._on_buffer()
             return np.ascontiguousarray(data[(slice(None), *selection[1:])], dtype=self._dtype_value)
 
         def _get_maxshape(self) -> tuple[int, ...]:

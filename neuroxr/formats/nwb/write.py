@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ import numpy as np
 import xarray as xr
 
 from neuroxr import chunking, datamodel
-from neuroxr.formats._write import BlockStream, progress_bar
+from neuroxr.formats._write import BlockStream, Progress
 from neuroxr.formats.nwb import mapping
 from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
 from neuroxr.formats.nwb.mapping import MappingDocument, dataset_store, json_value
@@ -76,6 +76,7 @@ class ExportOptions:
     compression_level: int | None = 1
     progress: bool = False
     tree: dict[str, Any] | None = None  # node name and root attributes, for a DataTree export
+    display: Progress | None = None  # the export's one progress display (to_nwb makes it; else each file)
 
 
 def compression_options(options: ExportOptions, *, shuffle: bool) -> dict[str, Any]:
@@ -129,6 +130,9 @@ def write_nwb_file(ds: xr.Dataset, path: str | os.PathLike[str], options: Export
     path = Path(path)
     written = path if path.suffix == mapping.NWB_SUFFIX else path.with_name(path.name + mapping.NWB_SUFFIX)
     scratch = written.with_name(f"{written.name}.responses.raw")
+    own_display = options.display is None
+    if own_display:
+        options = replace(options, display=Progress(options.progress, f"writing {path.name}"))
     rows = None
     try:
         rows = start_response_rows(ds, axis, scratch, options)  # a spill now overlaps building the file
@@ -155,6 +159,8 @@ def write_nwb_file(ds: xr.Dataset, path: str | os.PathLike[str], options: Export
         scratch.unlink(missing_ok=True)
         if written != path:
             written.unlink(missing_ok=True)
+        if own_display and options.display is not None:
+            options.display.close()
 
 
 def check_scan(ds: xr.Dataset) -> None:
@@ -389,7 +395,7 @@ def fill_images(
         group = ImageGroup(file[mapping.IMAGES_PATH], compression_options(options, shuffle=False))
         distinct = write_distinct_images(
             images, image_ids, group, channel_axis=channel_axis, trial_labels=np.asarray(ds["trial"].values),
-            progress=options.progress,
+            progress=options.display,
         )  # fmt: skip
         by_id = sorted(
             range(len(distinct.names)), key=lambda k: (_sort_key(distinct.image_ids[k]), distinct.first_trial[k])
@@ -450,12 +456,12 @@ def start_response_rows(
     if axis.identity:
         return ResponseRows(ForwardRows(stream), None)
 
+    display = options.display
+    if display is not None:
+        display.add(len(stream))
+
     def spill() -> SpilledRows:
-        bar = progress_bar(options.progress, total=len(stream), desc="nwb: responses (reordering)")
-        try:
-            return SpilledRows(stream, scratch, on_block=lambda: bar.update(1))
-        finally:
-            bar.close()
+        return SpilledRows(stream, scratch, on_block=display.advance if display is not None else None)
 
     return ResponseRows(BackgroundRows(spill, tuple(int(size) for size in responses.shape)), axis.rows)
 
@@ -479,15 +485,17 @@ def add_responses(
     responses = ds["responses"]
     chunk = response_chunks(responses.shape)
     row_bytes = max(1, responses.shape[1] * responses.dtype.itemsize)
-    buffer_rows = chunk[0] * max(1, chunking.CHUNK_BYTES // (row_bytes * chunk[0]))
+    buffer_rows = min(chunk[0] * max(1, chunking.CHUNK_BYTES // (row_bytes * chunk[0])), responses.shape[0])
+    display = options.display
+    if display is not None:
+        display.add(-(-responses.shape[0] // max(1, buffer_rows)))
     iterator = iterator_class()(
         rows.source,
         rows.order,
         responses.dtype,
         chunk_shape=chunk,
-        buffer_shape=(min(buffer_rows, responses.shape[0]), responses.shape[1]),
-        display_progress=options.progress,
-        progress_bar_options={"desc": "nwb: responses", "unit": "buffer"},
+        buffer_shape=(buffer_rows, responses.shape[1]),
+        on_buffer=display.advance if display is not None else None,
     )
     region = segmentation.create_roi_table_region(
         region=list(range(ds.sizes["neuron"])), description="all neurons, in unit id order"

@@ -8,10 +8,13 @@ The layout (see ``docs/sensorium-format.md``)::
 
 Trial files are numbered by position: ``data/*/{k}.npy`` and row ``k`` of every meta/trials array
 hold the k-th trial along the Dataset's ``trial`` dimension, whatever its ``trial`` labels are
-(after ``ds.isel(trial=[7, 3])`` they become 0.npy and 1.npy). Each coordinate goes to the file
-named by its ``sensorium_file`` attribute (the contract's coordinates fall back to their release
-names when the attribute is missing); derived coordinates such as ``responses_withheld`` and any
-other coordinate without a release file are not written. Withheld cells are written as the
+(after ``ds.isel(trial=[7, 3])`` they become 0.npy and 1.npy). Every path comes from the data
+model, never from an attribute: a data variable goes to ``data/<name>/``, its statistics to
+``meta/statistics/<name>/<subset>/<statistic>.npy``, a coordinate to the meta file of its name
+(``tier`` to ``meta/trials/tiers.npy``). A coordinate is written when it records a release file
+(its ``sensorium_file`` attribute) or is one of the contract's; derived coordinates such as
+``responses_withheld`` are not. A name that could not name a file inside the target (``..``, a
+``/``) is refused with a :class:`~neuroxr.errors.DatasetError`. Withheld cells are written as the
 release ships them: zeros (in a video scan, the trial's frames: the padding after ``n_frames`` is
 written as it is). Statistics that are all NaN stand for absent files and are not written; a
 statistics file stored in another dtype than its variable is written back in it. Both kinds of
@@ -32,8 +35,9 @@ import numpy as np
 import xarray as xr
 
 from neuroxr import chunking, datamodel
+from neuroxr.errors import DatasetError
 from neuroxr.formats._prepare import data_sources, uncompressed_bytes
-from neuroxr.formats._write import BlockStream, progress_bar, write_atomically
+from neuroxr.formats._write import BlockStream, OutputKind, Progress, is_zip_file, output_name, visible_entries, write_atomically
 from neuroxr.formats.release.writers import FolderWriter, ReleaseWriter, ZipWriter, as_saveable
 from neuroxr.npy import file_bytes, header_bytes
 
@@ -44,47 +48,66 @@ BYTES_IN_FLIGHT = 256 * 2**20
 
 COMPRESSIONS = {None: zipfile.ZIP_STORED, "stored": zipfile.ZIP_STORED, "deflated": zipfile.ZIP_DEFLATED}
 
-# Release file stems of the contract's coordinates, for coordinates that lost their
-# ``sensorium_file`` attribute. Coordinate name -> file stem.
-_TRIAL_FALLBACK = {
-    **{name: name for name in ("trial_idx", "frame_image_class", "frame_trial_ts", "condition_hash")},
-    **{coord: stem for stem, coord in datamodel.TRIAL_RENAMES.items()},
-    **{f"{datamodel.TRIAL_CLASH_PREFIX}{name}": name for name in ("animal_id", "session", "scan_idx")},
-}
-_NEURON_FALLBACK = {
-    **{name: name for name in ("area", "layer", "scan_idx", "cell_motor_coordinates")},
-    **{coord: stem for stem, coord in datamodel.NEURON_RENAMES.items()},
-    "neuron": datamodel.NEURON_INDEX_FILE,
-}
+# The contract's coordinates, written even when they lost their ``sensorium_file`` attribute.
+_TRIAL_CONTRACT = {"trial_idx", "frame_image_class", "frame_trial_ts", "condition_hash", *datamodel.TRIAL_RENAMES.values()}
+_TRIAL_CONTRACT |= {f"{datamodel.TRIAL_CLASH_PREFIX}{name}" for name in ("animal_id", "session", "scan_idx")}
+_NEURON_CONTRACT = {"area", "layer", "scan_idx", "cell_motor_coordinates", datamodel.NEURON, *datamodel.NEURON_RENAMES.values()}
+_TRIAL_STEMS = {coord: stem for stem, coord in datamodel.TRIAL_RENAMES.items()}
+_NEURON_STEMS = {coord: stem for stem, coord in datamodel.NEURON_RENAMES.items()} | {datamodel.NEURON: datamodel.NEURON_INDEX_FILE}
 
 
 # --------------------------------------------------------------------------------------------
 # xarray glue: what goes into which file
 # --------------------------------------------------------------------------------------------
-def _coordinate_file(name: str, coord: xr.DataArray) -> str | None:
-    """Release path of a coordinate, or None for a coordinate that has no release file."""
-    path = coord.attrs.get(datamodel.FILE_ATTR)
-    if path is not None:
-        return str(path) if str(path).endswith(".npy") else None
-    if name == datamodel.WITHHELD_COORD:
+def _file_stems(name: str, on_trials: bool, ds: xr.Dataset) -> list[str]:
+    """The release file stems the data model allows for a coordinate, the usual one first.
+
+    ``tier`` is ``tiers``, ``neuron`` is ``unit_ids``, ``trial_animal_id`` (a trial file named like
+    a neuron coordinate) is ``animal_id``; any other coordinate is its own name.
+    """
+    if on_trials:
+        unprefixed = name.removeprefix(datamodel.TRIAL_CLASH_PREFIX)
+        if unprefixed != name and (unprefixed in ds.variables or unprefixed in ds.dims):
+            return [unprefixed, name]
+        return [_TRIAL_STEMS[name], name] if name in _TRIAL_STEMS else [name]
+    return [_NEURON_STEMS[name], name] if name in _NEURON_STEMS else [name]
+
+
+def _coordinate_file(name: str, coord: xr.DataArray, ds: xr.Dataset) -> str | None:
+    """Release path of a coordinate (``meta/trials/<stem>.npy`` or ``meta/neurons/<stem>.npy``), or None.
+
+    A coordinate has a release file when it records one (its ``sensorium_file`` attribute) or is
+    one of the contract's; derived ones (``responses_withheld``, the ``trial`` numbers) have none.
+    The path is the data model's: the recorded one only chooses among the stems the data model
+    allows for that name (so a crafted attribute can never send a file elsewhere).
+    """
+    on_trials = datamodel.TRIAL in coord.dims
+    recorded = coord.attrs.get(datamodel.FILE_ATTR)
+    if recorded is not None and not str(recorded).endswith(".npy"):
         return None
-    if "trial" in coord.dims and name in _TRIAL_FALLBACK:
-        return f"{datamodel.TRIALS_DIR}/{_TRIAL_FALLBACK[name]}.npy"
-    if "neuron" in coord.dims and name in _NEURON_FALLBACK:
-        return f"{datamodel.NEURONS_DIR}/{_NEURON_FALLBACK[name]}.npy"
-    return None
+    contract = _TRIAL_CONTRACT if on_trials else _NEURON_CONTRACT
+    if name in (datamodel.WITHHELD_COORD, datamodel.TRIAL) or (recorded is None and name not in contract):
+        return None
+    directory = datamodel.TRIALS_DIR if on_trials else datamodel.NEURONS_DIR
+    stems = _file_stems(name, on_trials, ds)
+    stem = next((stem for stem in stems if recorded == f"{directory}/{stem}.npy"), stems[0])
+    return f"{directory}/{output_name(stem, f'coordinate {name!r}')}.npy"
 
 
 def _meta_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
     """Release path -> array of every meta/trials and meta/neurons file."""
     files: dict[str, np.ndarray] = {}
+    owners: dict[str, str] = {}
     for name, coord in ds.coords.items():
         leading = [dim for dim in ("trial", "neuron") if dim in coord.dims]
         if not leading:
             continue
-        path = _coordinate_file(str(name), coord)
+        path = _coordinate_file(str(name), coord, ds)
         if path is None:
             continue
+        if path in owners:
+            raise DatasetError(f"coordinates {owners[path]!r} and {name!r} would both be written to {path}; rename one")
+        owners[path] = str(name)
         values = coord.transpose(*leading, ...).values
         files[path] = as_saveable(values, f"coordinate {name!r} ({path})")
     return files
@@ -104,7 +127,6 @@ def _statistics_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
                     raise ValueError(f"{name}: expected a {dim!r} dimension or coordinate, found neither")
                 statistics = statistics.expand_dims(dim)
         statistics = statistics.transpose("subset", "statistic", ...)
-        folder = str(statistics.attrs.get(datamodel.FILE_ATTR, f"{datamodel.STATISTICS_DIR}/{variable}"))
         stored = dict(str(entry).rsplit("=", 1) for entry in np.atleast_1d(statistics.attrs.get(datamodel.FILE_DTYPES_ATTR, [])))
         values = statistics.values
         for i, subset in enumerate(statistics["subset"].values.tolist()):
@@ -112,8 +134,10 @@ def _statistics_files(ds: xr.Dataset) -> dict[str, np.ndarray]:
                 array = np.asarray(values[i, j])
                 if array.dtype.kind == "f" and np.isnan(array).all():
                     continue
+                subset_name = output_name(subset, f"{name}: statistics subset")
+                statistic_name = output_name(statistic, f"{name}: statistic")
                 dtype = stored.get(f"{subset}/{statistic}")
-                files[f"{folder}/{subset}/{statistic}.npy"] = array.astype(dtype) if dtype else array
+                files[datamodel.statistics_file(variable, subset_name, statistic_name)] = array.astype(dtype) if dtype else array
     return files
 
 
@@ -175,7 +199,7 @@ def _data_files(ds: xr.Dataset) -> list[_DataFiles]:
             _DataFiles(
                 name=name,
                 variable=variable,
-                folder=str(ds[name].attrs.get(datamodel.FILE_ATTR, f"{datamodel.DATA_DIR}/{name}")),
+                folder=f"{datamodel.DATA_DIR}/{name}",
                 header=header_bytes(variable.dtype, variable.shape[1:]),
                 zero_rows=zero_rows,
                 zero_nan=zero_nan,
@@ -212,7 +236,18 @@ def _block_stream(plan: list[_DataFiles]) -> BlockStream:
     return BlockStream(arrays, ahead=ahead)
 
 
-def _write_scan(ds: xr.Dataset, writer: ReleaseWriter, progress: bool, description: str) -> None:
+def is_release_folder(path: Path) -> bool:
+    """A folder holding only a scan's ``data/`` and ``meta/`` folders (and hidden files), or nothing."""
+    entries = visible_entries(path)
+    return all(entry.is_dir() and entry.name in (datamodel.DATA_DIR, "meta") for entry in entries)
+
+
+#: What ``overwrite=True`` may replace: a scan folder (or an empty folder), or a zip archive.
+RELEASE_FOLDER = OutputKind("a scan folder (data/ and meta/ only)", folder=True, recognise=is_release_folder)
+RELEASE_ZIP = OutputKind("a zip archive", folder=False, recognise=is_zip_file)
+
+
+def _write_scan(ds: xr.Dataset, writer: ReleaseWriter, progress: Progress) -> None:
     plan = _data_files(ds)
     arrays = {**_meta_files(ds), **_statistics_files(ds)}
     for folder in sorted({path.rsplit("/", 1)[0] for path in arrays} | {data_files.folder for data_files in plan}):
@@ -222,11 +257,11 @@ def _write_scan(ds: xr.Dataset, writer: ReleaseWriter, progress: bool, descripti
     if not plan or plan[0].variable.shape[0] == 0:
         return
     stream = _block_stream(plan)
-    with progress_bar(progress, total=len(stream), desc=description) as bar:
-        for start, blocks in stream:
-            for data_files, values in zip(plan, blocks, strict=True):
-                writer.write_trials(data_files.folder, start, data_files.header, data_files.block(values, start))
-            bar.update()
+    progress.add(len(stream))
+    for start, blocks in stream:
+        for data_files, values in zip(plan, blocks, strict=True):
+            writer.write_trials(data_files.folder, start, data_files.header, data_files.block(values, start))
+        progress.advance()
 
 
 def to_folder(
@@ -240,11 +275,13 @@ def to_folder(
 ) -> Path:
     """Write a scan Dataset in the release layout: a scan folder at ``path``, or a .zip with ``zip=True``.
 
-    The .zip holds one top-level folder named ``ds.attrs["release_name"]`` (else the file stem),
-    its members stored, or deflated with ``compression="deflated"``. Trial files are numbered by
-    position along ``trial``. Variables missing from ``ds`` are not written. The target appears
-    only when complete; an existing one is replaced only with ``overwrite=True``; the scan ``ds``
-    was read from is never overwritten. ``progress=True`` shows a bar over the written blocks.
+    The .zip holds one top-level folder named like the archive (its stem, as in the release:
+    ``static...-GrayImageNet-<hash>.zip`` holds ``static...-GrayImageNet-<hash>/``), its members
+    stored, or deflated with ``compression="deflated"``. Trial files are numbered by position along
+    ``trial``; every path comes from the data model (see the module docstring). Variables missing
+    from ``ds`` are not written. The target appears only when complete; ``overwrite=True``
+    replaces a previous scan folder or zip archive (never another folder tree); the scan ``ds`` is
+    read from is never overwritten. ``progress=True`` shows a bar over the written blocks.
 
     >>> path = to_folder(neuroxr.make_scan(n_trials=40, n_neurons=8), tmp / "scan.zip", zip=True)
     >>> neuroxr.open_scan(path).responses.shape
@@ -255,19 +292,20 @@ def to_folder(
         raise ValueError(f"{target}: expected compression None, 'stored' or 'deflated', found {compression!r}")
     if compression is not None and not zip:
         raise ValueError(f"{target}: compression={compression!r} applies only with zip=True")
-    description = f"writing {target.name}"
+    top = target.stem if target.suffix.lower() == ".zip" else target.name
 
     def write(temporary: Path) -> None:
-        if zip:
-            top = str(ds.attrs.get("release_name") or (target.stem if target.suffix == ".zip" else target.name))
-            with zipfile.ZipFile(temporary, "w", compression=COMPRESSIONS[compression]) as archive:
-                _write_scan(ds, ZipWriter(archive, top, COMPRESSIONS[compression]), progress, description)
-        else:
-            writer = FolderWriter(temporary)
-            try:
-                _write_scan(ds, writer, progress, description)
-            finally:
-                writer.close()
+        with Progress(progress, f"writing {target.name}") as display:
+            if zip:
+                with zipfile.ZipFile(temporary, "w", compression=COMPRESSIONS[compression]) as archive:
+                    _write_scan(ds, ZipWriter(archive, top, COMPRESSIONS[compression]), display)
+            else:
+                writer = FolderWriter(temporary)
+                try:
+                    _write_scan(ds, writer, display)
+                finally:
+                    writer.close()
 
     needed = None if compression == "deflated" else uncompressed_bytes({"/": ds})
-    return write_atomically(target, write, sources=data_sources(ds), overwrite=overwrite, needed_bytes=needed)
+    kind = RELEASE_ZIP if zip else RELEASE_FOLDER
+    return write_atomically(target, write, kind=kind, sources=data_sources(ds), overwrite=overwrite, needed_bytes=needed)

@@ -1,6 +1,8 @@
 """Bytes into the release layout: files in a folder, or members under one top-level folder of a .zip.
 
 Knows nothing of xarray; the release sink (:mod:`neuroxr.formats.release`) decides what goes where.
+Both writers check every path they are given (:func:`~neuroxr.formats._write.output_path`), so no
+file or member can land outside the folder or the archive's top folder, whatever the caller passes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+
+from neuroxr.formats._write import output_path
 
 #: Threads creating the files of a block in a folder (small-file creation waits on the file system).
 FILE_WRITER_THREADS = 4
@@ -39,10 +43,10 @@ class FolderWriter:
         self._writers = concurrent.futures.ThreadPoolExecutor(max_workers=FILE_WRITER_THREADS)
 
     def mkdir(self, relative: str) -> None:
-        (self.root / relative).mkdir(parents=True, exist_ok=True)
+        (self.root / output_path(relative, "folder")).mkdir(parents=True, exist_ok=True)
 
     def write(self, relative: str, *parts: bytes | memoryview) -> None:
-        with open(self.root / relative, "wb") as file:
+        with open(self.root / output_path(relative, "file"), "xb") as file:
             for part in parts:
                 file.write(part)
 
@@ -69,6 +73,8 @@ class ZipWriter:
     """Writes members under one top-level folder of an open zip archive."""
 
     def __init__(self, archive: zipfile.ZipFile, top: str, compression: int) -> None:
+        if not top or top in (".", "..") or "/" in top or "\\" in top:
+            raise ValueError(f"zip archive: {top!r} cannot be its top folder")
         self.archive = archive
         self.top = top
         self.compression = compression
@@ -77,7 +83,7 @@ class ZipWriter:
         self.mkdir("")
 
     def mkdir(self, relative: str) -> None:
-        parts = [part for part in relative.split("/") if part]
+        parts = output_path(relative, "folder").split("/") if relative else []
         for depth in range(len(parts) + 1):
             name = "/".join([self.top, *parts[:depth]]) + "/"
             if name not in self.folders:
@@ -87,7 +93,7 @@ class ZipWriter:
                 self.archive.writestr(info, b"")
 
     def write(self, relative: str, *parts: bytes | memoryview) -> None:
-        info = zipfile.ZipInfo(f"{self.top}/{relative}", date_time=self.date_time)
+        info = zipfile.ZipInfo(f"{self.top}/{output_path(relative, 'member')}", date_time=self.date_time)
         info.compress_type = self.compression
         info.external_attr = 0o100644 << 16
         with self.archive.open(info, "w") as member:
