@@ -31,7 +31,7 @@ def is_ignored(relative: str) -> bool:
     >>> is_ignored("__MACOSX/scan/._data"), is_ignored(".scan.neuroxr-partial-1a2b/data"), is_ignored("scan/data/0.npy")
     (True, True, False)
     """
-    if "__MACOSX" not in relative and ".DS_Store" not in relative and "._" not in relative:
+    if "__MACOSX" not in relative and ".DS_Store" not in relative and "._" not in relative and EXPORT_MARKER not in relative:
         return False  # the common case, without splitting
     parts = relative.split("/")
     return (
