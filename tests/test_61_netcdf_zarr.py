@@ -163,13 +163,38 @@ def test_netcdf4_library_sees_variables_dimensions_attributes_and_chunks(written
         assert "tier=<U32" in nc.enumtypes["neuroxr_string_dtypes"].enum_dict
 
 
-def test_open_gives_lazy_data_chunked_like_the_file_and_labels_in_memory(written) -> None:
+def test_open_gives_lazy_data_in_whole_blocks_and_labels_in_memory(written) -> None:
+    """One dask task per block of trials: Zarr's shards (the blocks it was written in), NetCDF's the
+    chunk policy's (here: all 40 trials), never one task per small file chunk."""
     for fmt, (_, read, _, _) in FORMATS.items():
         back = read(written[fmt, "normal"])
         assert isinstance(back.images.data, da.Array)
-        assert back.images.chunks[0] == (16, 16, 8)
-        assert back.chunks["trial"] == (16, 16, 8)
+        blocks = (16, 16, 8) if fmt == "zarr" else (40,)
+        assert back.images.chunks[0] == blocks and back.chunks["trial"] == blocks
+        assert back.responses.data.numblocks == (len(blocks), 1)
         assert isinstance(back.tier.data, np.ndarray) and isinstance(back.responses_statistics.data, np.ndarray)
+
+
+def test_file_chunks_serve_one_trial_and_one_neuron(synthetic, tmp_path: Path) -> None:
+    """Small file chunks inside whole-block shards (Zarr) or as HDF5 chunks (NetCDF), as the chunk policy says."""
+    import json
+
+    import netCDF4
+
+    ds = synthetic(n_trials=128, n_neurons=2100, image_shape=(1, 36, 64), chunk_trials=64)
+    store = to_zarr(ds, tmp_path / "scan.zarr")
+    expected = {"responses": ([64, 2100], [8, 700]), "images": ([64, 1, 36, 64], [2, 1, 36, 64])}
+    for name, (shard, inner) in expected.items():
+        meta = json.loads((store / name / "zarr.json").read_text())
+        assert meta["chunk_grid"]["configuration"]["chunk_shape"] == shard
+        (codec,) = [c for c in meta["codecs"] if c["name"] == "sharding_indexed"]
+        assert codec["configuration"]["chunk_shape"] == inner
+        assert len(list((store / name / "c").rglob("*"))) - len(list((store / name / "c").rglob("*/"))) <= 2 * 2  # 2 shards
+    with netCDF4.Dataset(to_netcdf(ds, tmp_path / "scan.nc")) as file:
+        assert file["responses"].chunking() == [8, 700] and file["images"].chunking() == [2, 1, 36, 64]
+    for back in (open_zarr(store), open_netcdf(tmp_path / "scan.nc")):
+        np.testing.assert_array_equal(back.responses[:, 777].values, ds.responses[:, 777].values)
+        np.testing.assert_array_equal(back.images[101].values, ds.images[101].values)
 
 
 def test_zarr_chunks_match_dask_chunks_and_no_warning_escapes(written) -> None:
@@ -189,9 +214,10 @@ def test_zarr_chunks_match_dask_chunks_and_no_warning_escapes(written) -> None:
 
 def test_irregular_chunks_are_regularised(tiny, tmp_path: Path) -> None:
     ds = tiny().chunk({"trial": (5, 15, 15, 5)})
-    for write, read, suffix, _ in FORMATS.values():
+    for fmt, (write, read, suffix, _) in FORMATS.items():
         back = read(write(ds, tmp_path / f"scan{suffix}"))
-        assert back.responses.chunks[0] == (15, 15, 10)
+        if fmt == "zarr":  # the shards are the regularised blocks it was written in
+            assert back.responses.chunks[0] == (15, 15, 10)
         xr.testing.assert_identical(back, ds.compute())
 
 

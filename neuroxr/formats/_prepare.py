@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from neuroxr import datamodel
+from neuroxr import chunking, datamodel
 
 #: A file chunk of a single variable is kept below this many bytes (HDF5 refuses chunks of 4 GiB).
 MAX_CHUNK_BYTES = 1 << 30
@@ -132,10 +132,48 @@ def regular_chunks(ds: xr.Dataset) -> xr.Dataset:
 
 
 def chunk_shape(variable: xr.Variable) -> tuple[int, ...] | None:
-    """The file chunk of a dask variable: its (regular) dask chunk; None for a numpy variable."""
+    """The (regular) dask chunk of a dask variable: a block of trials; None for a numpy variable."""
     if variable.chunks is None:
         return None
     return tuple(max(1, chunks[0]) for chunks in variable.chunks)
+
+
+def file_chunk_shape(variable: xr.Variable) -> tuple[int, ...] | None:
+    """The file chunk to write a dask variable with: the chunk policy's for a ``(trial, ...)``
+    variable (:func:`neuroxr.chunking.file_chunks`), else its dask chunk; None for a numpy variable."""
+    block = chunk_shape(variable)
+    if block is None or datamodel.TRIAL not in variable.dims or 0 in variable.shape:
+        return block
+    dims = tuple(str(dim) for dim in variable.dims)
+    return chunking.file_chunks(dims, variable.shape, variable.dtype.itemsize, block[dims.index(datamodel.TRIAL)])
+
+
+def shard_shape(variable: xr.Variable) -> tuple[int, ...] | None:
+    """A Zarr shard for a dask variable: its dask chunk, grown to a multiple of its file chunk; None
+    when one file chunk is the whole dask chunk (no shard needed) or for a numpy variable."""
+    block, inner = chunk_shape(variable), file_chunk_shape(variable)
+    if block is None or inner is None or inner == block:
+        return None
+    return tuple(-(-size // piece) * piece for size, piece in zip(block, inner))
+
+
+def read_chunks(ds: xr.Dataset, file_trials: int | None = None) -> dict[str, int]:
+    """The dask chunks for a Dataset read back from a file: whole blocks of trials, every other
+    dimension whole (one task per block, as ``open_scan`` gives).
+
+    The block is the chunk policy's for the largest per-trial variable, or ``file_trials`` (the
+    file's own block, e.g. a Zarr shard) when given.
+    """
+    chunks: dict[str, int] = {str(dim): -1 for dim in ds.dims}
+    per_trial = [
+        int(v.dtype.itemsize * np.prod([size for dim, size in v.sizes.items() if dim != datamodel.TRIAL], dtype=np.int64))
+        for v in ds.data_vars.values()
+        if datamodel.TRIAL in v.dims
+    ]
+    if datamodel.TRIAL in ds.dims and per_trial:
+        n_trials = ds.sizes[datamodel.TRIAL]
+        chunks[datamodel.TRIAL] = file_trials or chunking.trials_per_chunk(max(per_trial), max(1, n_trials))
+    return chunks
 
 
 # ----------------------------------------------------------------------------------------------

@@ -8,8 +8,11 @@ back narrower. The declared widths are therefore recorded in an unused named enu
 (``neuroxr_string_dtypes``, members ``"<name>=<dtype>"``), which xarray ignores and
 :func:`open_netcdf` reads to give back the exact dtypes.
 
-Data variables are written chunk by chunk from dask, one HDF5 chunk per dask chunk of trials, to a
-temporary name beside the target that is renamed at the end.
+Data variables are written block by block from dask, to a temporary name beside the target that is
+renamed at the end. The HDF5 chunks are the chunk policy's file chunks
+(:func:`neuroxr.chunking.file_chunks`: one trial of images, 8 trials x 1,000 neurons of
+responses), so one trial and one neuron across all trials are quick reads; :func:`open_netcdf`
+gives dask chunks of whole blocks of trials.
 """
 
 from __future__ import annotations
@@ -67,10 +70,10 @@ def compression_encoding(compression: CompressionSpec, engine: str) -> dict[str,
 
 
 def _variable_encodings(ds: xr.Dataset, compression: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """chunksizes = the dask chunks (one HDF5 chunk per dask chunk), compression on chunked data variables."""
+    """chunksizes = the chunk policy's file chunks (they tile the dask chunks), compression on chunked data variables."""
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        shape = _prepare.chunk_shape(variable)
+        shape = _prepare.file_chunk_shape(variable)
         if shape is None or variable.dtype.kind in "USO" or 0 in variable.shape:
             continue
         encodings[str(name)] = {"chunksizes": shape, **(compression if name in ds.data_vars else {})}
@@ -159,14 +162,15 @@ def _has_groups(path: str | os.PathLike[str]) -> bool:
 
 
 def _finish(ds: xr.Dataset, dtypes: Mapping[str, str]) -> xr.Dataset:
-    return load_labels(_prepare.restore_string_dtypes(ds, dtypes))
+    """Dask chunks of whole blocks of trials, exact string dtypes, labels and statistics loaded."""
+    return load_labels(_prepare.restore_string_dtypes(ds.chunk(_prepare.read_chunks(ds)), dtypes))
 
 
 def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.Dataset | xr.DataTree:
     """Open a file written by :func:`to_netcdf`: a Dataset, or a DataTree when the file has groups.
 
-    Data variables are dask arrays chunked like the file; labels and statistics are loaded as numpy;
-    string variables get back their exact numpy dtypes.
+    Data variables are dask arrays of whole blocks of trials (about 64 MB, as ``open_scan`` gives);
+    labels and statistics are loaded as numpy; string variables get back their exact numpy dtypes.
 
     >>> path = neuroxr.to_netcdf(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "30001-2-3.nc")
     >>> ds = open_netcdf(path)
@@ -178,8 +182,8 @@ def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.
         raise FileNotFoundError(f"{path}: no such NetCDF file")
     dtypes = _recorded_string_dtypes(path)
     if _has_groups(path):
-        tree = xr.open_datatree(path, engine=engine, chunks={})
+        tree = xr.open_datatree(path, engine=engine, chunks=None)
         nodes = {node.path: _finish(node.to_dataset(inherit=False), dtypes.get(node.path, {})) for node in tree.subtree}
         return xr.DataTree.from_dict(nodes, name=tree.name)
-    ds = xr.open_dataset(path, engine=engine, chunks={})
+    ds = xr.open_dataset(path, engine=engine, chunks=None)
     return _finish(ds, dtypes.get("/", {}))

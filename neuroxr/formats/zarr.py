@@ -1,12 +1,15 @@
 """Zarr sink and reader: a scan (Dataset) or several (DataTree, one group per scan) to a Zarr v3 store.
 
-The store has consolidated metadata and one Zarr chunk per dask chunk (whole trial blocks), so dask
-writes every chunk in parallel with no lock. Plain ``xr.open_zarr`` / ``xr.open_datatree(engine="zarr")``
+The store has consolidated metadata. Each per-trial variable is sharded: one shard per dask chunk
+(a whole block of trials, so dask writes every shard once, in parallel, with no lock), holding the
+small inner chunks of the chunk policy (:func:`neuroxr.chunking.file_chunks`: one trial of
+images, 8 trials x 1,000 neurons of responses), so that one trial and one neuron across all trials
+are both quick reads while a whole variable still streams a shard at a time. Plain ``xr.open_zarr`` / ``xr.open_datatree(engine="zarr")``
 read it back identical to the source, dtypes included: strings are stored with their numpy width
 (zarr-python's ``fixed_length_utf32`` data type), booleans as booleans, uint16 as uint16.
 
 Two warnings zarr-python emits for this on purpose are silenced, each by its exact message, only
-around the write: that ``fixed_length_utf32`` has no Zarr v3 specification yet (it is the only Zarr
+around writing and opening: that ``fixed_length_utf32`` has no Zarr v3 specification yet (it is the only Zarr
 data type that keeps a ``<U32`` a ``<U32``), and that consolidated metadata is not part of the
 Zarr v3 specification (xarray uses it by default; it makes opening fast on object stores).
 Every other warning passes through.
@@ -18,11 +21,13 @@ import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 import xarray as xr
 
+from neuroxr.datamodel import TRIAL
 from neuroxr.dataset import load_labels
 from neuroxr.errors import require
 from neuroxr.formats import _prepare
@@ -37,6 +42,8 @@ DEFAULT_COMPRESSION: str | None = "blosc_lz4"
 CODECS: dict[str, int] = {"blosc_lz4": 5, "blosc_zstd": 1, "zstd": 1, "gzip": 1}
 
 CompressionSpec = str | Mapping[str, Any] | Sequence[Any] | None
+#: zarr-python's own codec pipeline (the configuration neuroxr replaces with zarrs, and only that one).
+DEFAULT_PIPELINE = "zarr.core.codec_pipeline.BatchedCodecPipeline"
 
 
 def is_zarr_store(path: Path) -> bool:
@@ -81,19 +88,45 @@ def compressors(compression: CompressionSpec) -> tuple[Any, ...] | dict[str, Any
 
 
 def _variable_encodings(ds: xr.Dataset, codecs: tuple[Any, ...] | dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Zarr chunks = the dask chunks (so no two dask chunks share a Zarr chunk); codecs on data variables."""
+    """Per variable: shards = the dask chunks (whole trial blocks, so dask writes each shard once,
+    with no lock), inner chunks = the chunk policy's file chunks; codecs on data variables."""
     extra = codecs if isinstance(codecs, dict) else {"compressors": codecs}
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
         encoding: dict[str, Any] = {}
-        shape = _prepare.chunk_shape(variable)
-        if shape is not None:
-            encoding["chunks"] = shape
+        shards = _prepare.shard_shape(variable)
+        chunks = _prepare.file_chunk_shape(variable) if shards is not None else _prepare.chunk_shape(variable)
+        if chunks is not None:
+            encoding["chunks"] = chunks
+        if shards is not None:
+            encoding["shards"] = shards
         if name in ds.data_vars and variable.dtype.kind not in "USO":
             encoding.update(extra)
         if encoding:
             encodings[str(name)] = encoding
     return encodings
+
+
+@contextmanager
+def fast_codecs() -> Iterator[None]:
+    """Use the zarrs codec pipeline (Rust, part of ``neuroxr[zarr]``) inside the block, when installed.
+
+    Sharded arrays hold many small inner chunks; zarr-python's own pipeline spends about 0.3 ms on
+    each, zarrs a few microseconds (``benchmarks/bench_layout.py``). Arrays opened inside the block
+    keep the pipeline they were opened with, so a Dataset opened here reads fast later too; outside
+    the block zarr's configuration is as the user left it (a user's own pipeline is never replaced).
+    Arrays zarrs does not support (strings) stay with zarr-python's pipeline.
+    """
+    import zarr
+
+    if find_spec("zarrs") is None or zarr.config.get("codec_pipeline.path") != DEFAULT_PIPELINE:
+        yield
+        return
+    with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}), warnings.catch_warnings():
+        # zarrs hands what it does not support (string arrays: small label coordinates) back to
+        # zarr-python's pipeline, and says so each time: that is the intended behaviour here.
+        warnings.filterwarnings("ignore", message="Array is unsupported by ZarrsCodecPipeline", category=UserWarning)
+        yield
 
 
 @contextmanager
@@ -140,7 +173,7 @@ def to_zarr(
     encodings = {group: _variable_encodings(ds, codecs) for group, ds in nodes.items()}
 
     def write(temporary: Path) -> None:
-        with _expected_zarr_warnings_silenced():
+        with _expected_zarr_warnings_silenced(), fast_codecs():
             if isinstance(prepared, xr.DataTree):
                 prepared.to_zarr(temporary, mode="w-", encoding=encodings, consolidated=True, zarr_format=3)
             else:
@@ -164,7 +197,8 @@ def _has_groups(path: str) -> bool:
 def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset | xr.DataTree:
     """Open a store written by :func:`to_zarr`: a Dataset, or a DataTree when the store has groups.
 
-    Data variables are dask arrays chunked like the store; labels and statistics are loaded as numpy.
+    Data variables are dask arrays of whole shards (a block of trials each); labels and statistics
+    are loaded as numpy. Reads use zarrs where it is installed (see :func:`fast_codecs`).
 
     >>> path = neuroxr.to_zarr(neuroxr.make_scan(n_trials=60, n_neurons=20), tmp / "30001-2-3.zarr")
     >>> ds = open_zarr(path)
@@ -175,8 +209,19 @@ def open_zarr(path: str | os.PathLike[str]) -> xr.Dataset | xr.DataTree:
     path = os.fspath(path)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{path}: no such Zarr store (expected a folder)")
-    if _has_groups(path):
-        tree = xr.open_datatree(path, engine="zarr", chunks={}, consolidated=True)
-        nodes = {node.path: load_labels(node.to_dataset(inherit=False)) for node in tree.subtree}
-        return xr.DataTree.from_dict(nodes, name=tree.name)
-    return load_labels(xr.open_dataset(path, engine="zarr", chunks={}, consolidated=True))
+    with fast_codecs(), _expected_zarr_warnings_silenced():
+        if _has_groups(path):
+            tree = xr.open_datatree(path, engine="zarr", chunks=None, consolidated=True)
+            nodes = {node.path: _finish(node.to_dataset(inherit=False)) for node in tree.subtree}
+            return xr.DataTree.from_dict(nodes, name=tree.name)
+        return _finish(xr.open_dataset(path, engine="zarr", chunks=None, consolidated=True))
+
+
+def _finish(ds: xr.Dataset) -> xr.Dataset:
+    """Dask chunks of whole shards (one task per block of trials); labels and statistics loaded."""
+    blocks = []
+    for variable in ds.data_vars.values():
+        stored = variable.encoding.get("shards") or variable.encoding.get("chunks")
+        if stored and TRIAL in variable.dims:
+            blocks.append(int(stored[variable.dims.index(TRIAL)]))
+    return load_labels(ds.chunk(_prepare.read_chunks(ds, max(blocks, default=None))))
