@@ -229,3 +229,64 @@ def kind_from_name(release_name: str) -> ReleaseKind | None:
             return kind
     return None
 
+
+# CF metadata: what each variable and coordinate is, and in which units (attached by dataset.assemble)
+
+#: CF attributes per variable or coordinate name. ``units`` only where the quantity has them
+#: ("1": dimensionless as stored; "um": micrometres); identifiers, labels and the release's
+#: undocumented behaviour units have none. CF has no standard names for these quantities.
+CF_ATTRS: dict[str, dict[str, str]] = {
+    "images": {"units": "1"},
+    "videos": {"units": "1", "comment": "grey level of each frame; NaN after the trial ends"},
+    "frame": {"long_name": "frame of the trial (padded to one length per scan)"},
+    "responses": {"units": "1", "comment": "deconvolved activity in arbitrary units, as the release stores it"},
+    "behavior": {"comment": "units as recorded by the release (not documented): pupil size, its derivative, running speed"},
+    "pupil_center": {"comment": "position in the eye-camera image, in its pixels (as the release stores it)"},
+    "trial": {"long_name": "trial: the number of its files data/*/<trial>.npy"},
+    "tier": {"long_name": "data split the trial belongs to (train, validation, test, ...)"},
+    "image_id": {"long_name": "id of the image shown in the trial"},
+    "trial_idx": {"long_name": "trial index in the recording session"},
+    "frame_image_class": {"long_name": "class of the image shown in the trial"},
+    "frame_trial_ts": {"long_name": "time stamp of the trial, as recorded (text)"},
+    "condition_hash": {"long_name": "hash of the stimulus condition of the trial"},
+    "neuron": {"long_name": "unit id of the neuron"},
+    "area": {"long_name": "visual area of the neuron"},
+    "layer": {"long_name": "cortical layer of the neuron"},
+    "animal_id": {"long_name": "id of the animal"},
+    "session": {"long_name": "recording session"},
+    "scan_idx": {"long_name": "scan number within the session"},
+    "cell_motor_coordinates": {"long_name": "position of the neuron in the cortex (microscope motor coordinates)", "units": "um"},
+    "behavior_variable": {"long_name": "behaviour variable"},
+    "pupil_axis": {"long_name": "axis of the pupil position (horizontal x, vertical y)"},
+    "space": {"long_name": "axis of the cortical position"},
+    "channel": {"long_name": "image channel", "units": "1"},
+    "y": {"long_name": "image row (pixels from the top)", "units": "1", "axis": "Y"},
+    "x": {"long_name": "image column (pixels from the left)", "units": "1", "axis": "X"},
+    "subset": {"long_name": "subset of the trials the statistics were computed over"},
+    "statistic": {"long_name": "statistic over the trials of a subset"},
+}
+
+
+def cf_attrs(name: str) -> dict[str, str]:
+    """The CF attributes of a variable or coordinate (``long_name``, ``units``, ...), by its name.
+
+    A statistics variable takes the units of its data variable; a trial coordinate named like a
+    neuron one (``trial_session``) is described as that one, per trial.
+
+    >>> cf_attrs("cell_motor_coordinates")["units"], cf_attrs("responses_statistics")["units"]
+    ('um', '1')
+    >>> cf_attrs("trial_session")["long_name"]
+    'recording session (per trial)'
+    """
+    attrs = dict(CF_ATTRS.get(name, {}))
+    unprefixed = name.removeprefix(TRIAL_CLASH_PREFIX)
+    if not attrs and unprefixed != name and unprefixed in CF_ATTRS:
+        attrs = {**CF_ATTRS[unprefixed], "long_name": f"{CF_ATTRS[unprefixed]['long_name']} (per trial)"}
+    for variable in (*STATIC.data_variables, *DYNAMIC.data_variables):
+        if name == statistics_name(variable):
+            attrs.setdefault("long_name", f"statistics of {variable} over the trials of each subset")
+            if "units" in CF_ATTRS.get(variable, {}):
+                attrs["units"] = CF_ATTRS[variable]["units"]
+    if name in LONG_NAMES:
+        attrs.setdefault("long_name", LONG_NAMES[name])
+    return attrs

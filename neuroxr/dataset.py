@@ -237,7 +237,10 @@ def assemble(
     if subsets:
         coords["subset"] = np.array(subsets)
         coords["statistic"] = np.array(statistic_names)
-    return xr.Dataset(data_vars, coords, dataset_attrs)
+    ds = xr.Dataset(data_vars, coords, dataset_attrs)
+    for name, variable in ds.variables.items():  # CF long names and units, where the data model has them
+        variable.attrs = {**datamodel.cf_attrs(str(name)), **variable.attrs}
+    return ds
 
 
 def _time_coords(n_frames: int, kind: datamodel.ReleaseKind) -> dict[str, xr.Variable]:

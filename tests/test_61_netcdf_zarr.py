@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import neuroxr
 from neuroxr.errors import TargetExistsError
 from neuroxr.formats.netcdf import open_netcdf, to_netcdf
 from neuroxr.formats.zarr import open_zarr, to_zarr
@@ -116,18 +117,29 @@ def test_round_trip_is_identical_with_exact_dtypes(scans, written, fmt: str, kin
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_plain_xarray_reads_it_back(scans, written, fmt: str) -> None:
-    ds = scans["competition"]
+    """Plain xarray sees the CF form of the Dataset: a size-1 ``scan`` dimension, ``Conventions``,
+    ``cell_motor_coordinates`` as an ancillary variable, NetCDF strings as Python strings; nothing else differs."""
+    ds = scans["competition"].compute()
     back = FORMATS[fmt][3](written[fmt, "competition"]).load()
-    xr.testing.assert_identical(back, ds.compute())
-    assert back.responses_withheld.dtype == bool
-    assert back.neuron.dtype == np.uint16 and back.session.dtype == np.uint8
-    assert back.layer.values[0] == "L2/3 – ü"
+    assert back.attrs["Conventions"] == "CF-1.8" and "coordinates" not in back.attrs
+    assert back.scan.values.tolist() == [ds.attrs["scan"]] and back.scan.dims == ("scan",)
+    assert "cell_motor_coordinates" in back.data_vars
+    assert back.responses.attrs["ancillary_variables"] == "cell_motor_coordinates"
+    assert back.cell_motor_coordinates.attrs["units"] == "um"
+    plain = back.drop_dims("scan").set_coords("cell_motor_coordinates")
+    plain.attrs.pop("Conventions")
+    for name in ("responses", "responses_statistics"):
+        plain[name].attrs.pop("ancillary_variables")
     for name, variable in ds.variables.items():
-        if variable.dtype.kind == "U" and fmt == "netcdf":
-            # netCDF-4 strings have no width: plain xarray sizes them to the longest value.
-            assert back[name].dtype == np.dtype(f"<U{max(len(s) for s in variable.values.ravel())}")
+        if variable.dtype.kind == "U" and fmt == "netcdf":  # character arrays come back as Python strings
+            assert plain[name].dtype == object
+            plain[name] = plain[name].astype(variable.dtype)
         else:
-            assert back[name].dtype == variable.dtype, name
+            assert plain[name].dtype == variable.dtype, name
+    xr.testing.assert_identical(plain, ds)
+    assert plain.responses_withheld.dtype == bool
+    assert plain.neuron.dtype == np.uint16 and plain.session.dtype == np.uint8
+    assert plain.layer.values[0] == "L2/3 – ü"
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
@@ -142,7 +154,10 @@ def test_datatree_of_two_scans_round_trips(synthetic, tmp_path: Path, fmt: str) 
         assert_same_dtypes(back[path].to_dataset(), tree[path].to_dataset())
     assert back["30002-1-1"].sizes["trial"] == 25
     plain = xr.open_datatree(target, engine="netcdf4" if fmt == "netcdf" else "zarr").load()
-    xr.testing.assert_identical(plain, tree.compute())
+    assert plain.attrs["Conventions"] == "CF-1.8" and plain.children.keys() == tree.children.keys()
+    for name, child in plain.children.items():
+        assert child.scan.values.tolist() == [name]  # each group names its scan
+        np.testing.assert_array_equal(child.responses.values, tree[name].responses.values)
 
 
 def test_netcdf4_library_sees_variables_dimensions_attributes_and_chunks(written) -> None:
@@ -156,7 +171,12 @@ def test_netcdf4_library_sees_variables_dimensions_attributes_and_chunks(written
         assert nc.variables["images"].chunking() == [16, 1, 6, 8]
         assert nc.variables["responses"].chunking() == [16, 9]
         assert nc.variables["neuron"].dtype == np.uint16
-        assert nc.variables["tier"].dtype is str
+        assert nc.variables["tier"].dtype == np.dtype("S1") and nc.variables["tier"].getncattr("_Encoding") == "utf-8"
+        assert nc.variables["tier"].dimensions[0] == "trial"  # a character array: (trial, string length)
+        assert nc.getncattr("Conventions") == "CF-1.8" and "coordinates" not in nc.ncattrs()
+        assert nc.variables["cell_motor_coordinates"].getncattr("units") == "um"
+        assert "cell_motor_coordinates" not in nc.variables["responses"].getncattr("coordinates").split()
+        assert {"tier", "area", "image_id"} <= set(nc.variables["responses"].getncattr("coordinates").split())
         assert nc.getncattr("scan") == "30001-2-3" and nc.getncattr("withheld") == ""
         assert nc.variables["responses"].getncattr("sensorium_file") == "data/responses"
         assert nc.variables["responses_withheld"].getncattr("dtype") == "bool"
@@ -379,7 +399,8 @@ def test_a_video_scan_round_trips_identical(shared_dynamic: Path, tmp_path: Path
         expected = ds.load()
         xr.testing.assert_identical(back, expected)
         assert_same_dtypes(back, expected)
-        assert back.videos.chunks == ((8, 8, 5), (4,), (6,), (12,))  # whole trials per chunk: every frame of a trial together
+        blocks = (8, 8, 5) if fmt == "zarr" else (21,)  # Zarr: its shards; NetCDF: the chunk policy's blocks
+        assert back.videos.chunks == (blocks, (4,), (6,), (12,))  # whole trials per chunk: every frame of a trial together
         assert back.attrs["frame_rate"] == 30.0 and back.time.attrs["units"] == "s"
         with plain(path) as opened:  # plain xarray reads it as well
             np.testing.assert_array_equal(opened.n_frames.values, ds.n_frames.values)
@@ -394,3 +415,62 @@ def test_a_tree_of_image_and_video_scans_round_trips(mixed_release: Path, tmp_pa
     for name in tree.children:
         xr.testing.assert_identical(back[name].to_dataset().load(), tree[name].to_dataset().load())
     assert back["29515-10-12"].to_dataset().videos.dims == ("trial", "y", "x", "frame")
+
+
+# ----------------------------------------------------------------------------------------------
+# CF conventions and layouts
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_files_are_cf_conventional_for_cf_xarray(scans, written, fmt: str) -> None:
+    cf_xarray = pytest.importorskip("cf_xarray")
+    plain = FORMATS[fmt][3](written[fmt, "normal"])
+    assert plain.attrs["Conventions"] == "CF-1.8" and "coordinates" not in plain.attrs
+    assert plain.cf.axes == {"X": ["x"], "Y": ["y"]}  # declared, so cf-xarray guesses nothing
+    assert "image_id" not in sum(plain.cf.axes.values(), [])
+    assert plain.cf["X"].name == "x"
+    for name, variable in plain.variables.items():
+        assert "long_name" in variable.attrs, name
+    assert plain.cell_motor_coordinates.attrs["units"] == "um"
+    assert plain.responses.attrs["units"] == "1" and plain.images.attrs["units"] == "1"
+    assert plain.responses_statistics.attrs["units"] == "1"
+    assert cf_xarray.__version__  # the accessor came from the installed package
+
+
+def test_the_dataset_itself_carries_long_names_and_units(scans) -> None:
+    ds = scans["normal"]
+    assert ds.cell_motor_coordinates.attrs["units"] == "um" and "long_name" in ds.tier.attrs
+    assert ds.trial_session.attrs["long_name"] == "recording session (per trial)"
+    assert ds.responses.attrs["long_name"].startswith("deconvolved")
+
+
+def test_open_mfdataset_combines_two_scans_along_scan_or_refuses(synthetic, tmp_path: Path) -> None:
+    """Two scans whose unit ids overlap: combined along ``scan``, each keeping its own neurons."""
+    first = synthetic(n_trials=30, n_neurons=8, seed=0, scan="30001-2-3")
+    second = synthetic(n_trials=20, n_neurons=8, seed=1, scan="30002-4-5")
+    assert set(first.neuron.values) & set(second.neuron.values)  # unrelated neurons, shared ids
+    paths = [to_netcdf(first, tmp_path / "a.nc"), to_netcdf(second, tmp_path / "b.nc")]
+    with xr.set_options(use_new_combine_kwarg_defaults=False):
+        combined = xr.open_mfdataset(paths, combine="by_coords", coords="different", data_vars="all", join="outer", compat="no_conflicts")
+    assert combined.scan.values.tolist() == ["30001-2-3", "30002-4-5"]
+    for ds in (first, second):
+        one = combined.responses.sel(scan=ds.attrs["scan"]).sel(neuron=ds.neuron, trial=ds.trial)
+        np.testing.assert_array_equal(one.values, ds.responses.values)
+    with pytest.raises(ValueError, match="cannot align|exact"):
+        xr.open_mfdataset(paths, combine="by_coords", join="exact", coords="different", data_vars="all", compat="no_conflicts")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_the_blocks_layout_writes_one_chunk_per_block(tiny, tmp_path: Path, fmt: str) -> None:
+    write, read, suffix, plain_read = FORMATS[fmt]
+    ds = tiny(n_neurons=2100)
+    for layout, chunks in (("access", (8, 700)), ("blocks", (16, 2100))):
+        plain = plain_read(write(ds, tmp_path / f"{layout}{suffix}", layout=layout))
+        stored = plain.responses.encoding.get("chunksizes") or plain.responses.encoding["chunks"]
+        assert tuple(stored) == chunks, layout
+        shards = plain.responses.encoding.get("shards")
+        assert (tuple(shards) if shards else None) == ((16, 2100) if layout == "access" and fmt == "zarr" else None)
+    path = tmp_path / f"blocks{suffix}"
+    xr.testing.assert_identical(read(path), ds.compute())
+    with pytest.raises(ValueError, match="layout: expected one of 'access', 'blocks'"):
+        write(ds, tmp_path / f"other{suffix}", layout="rows")

@@ -138,20 +138,33 @@ def chunk_shape(variable: xr.Variable) -> tuple[int, ...] | None:
     return tuple(max(1, chunks[0]) for chunks in variable.chunks)
 
 
-def file_chunk_shape(variable: xr.Variable) -> tuple[int, ...] | None:
-    """The file chunk to write a dask variable with: the chunk policy's for a ``(trial, ...)``
-    variable (:func:`neuroxr.chunking.file_chunks`), else its dask chunk; None for a numpy variable."""
+#: File layouts: ``"access"`` (small file chunks for one-trial and one-neuron reads, the default)
+#: or ``"blocks"`` (one file chunk per dask chunk, as neuroxr 0.1 wrote). docs/convert.md compares them.
+LAYOUTS = ("access", "blocks")
+
+
+def check_layout(layout: str, fmt: str) -> str:
+    """``layout`` if it is one of :data:`LAYOUTS`, else a ValueError naming the choices."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"{fmt} layout: expected one of {', '.join(map(repr, LAYOUTS))}, found {layout!r}")
+    return layout
+
+
+def file_chunk_shape(variable: xr.Variable, layout: str = "access") -> tuple[int, ...] | None:
+    """The file chunk to write a dask variable with: with ``layout="access"`` the chunk policy's for
+    a ``(trial, ...)`` variable (:func:`neuroxr.chunking.file_chunks`), else its dask chunk; None
+    for a numpy variable."""
     block = chunk_shape(variable)
-    if block is None or datamodel.TRIAL not in variable.dims or 0 in variable.shape:
+    if block is None or layout == "blocks" or datamodel.TRIAL not in variable.dims or 0 in variable.shape:
         return block
     dims = tuple(str(dim) for dim in variable.dims)
     return chunking.file_chunks(dims, variable.shape, variable.dtype.itemsize, block[dims.index(datamodel.TRIAL)])
 
 
-def shard_shape(variable: xr.Variable) -> tuple[int, ...] | None:
+def shard_shape(variable: xr.Variable, layout: str = "access") -> tuple[int, ...] | None:
     """A Zarr shard for a dask variable: its dask chunk, grown to a multiple of its file chunk; None
     when one file chunk is the whole dask chunk (no shard needed) or for a numpy variable."""
-    block, inner = chunk_shape(variable), file_chunk_shape(variable)
+    block, inner = chunk_shape(variable), file_chunk_shape(variable, layout)
     if block is None or inner is None or inner == block:
         return None
     return tuple(-(-size // piece) * piece for size, piece in zip(block, inner))
@@ -214,12 +227,85 @@ def node_datasets(obj: Scans) -> dict[str, xr.Dataset]:
     raise TypeError(f"expected an xarray.Dataset or xarray.DataTree, found {type(obj).__name__}")
 
 
-def prepare(obj: Scans) -> tuple[Scans, dict[str, xr.Dataset]]:
-    """The object to write (same kind as ``obj``) and its prepared Dataset per group path."""
+def prepare(obj: Scans, *, cf: bool = False) -> tuple[Scans, dict[str, xr.Dataset]]:
+    """The object to write (same kind as ``obj``) and its prepared Dataset per group path.
+
+    ``cf=True`` (NetCDF and Zarr) adds what the CF conventions ask of a file (:func:`for_cf_file`).
+    """
     nodes = {path: prepare_dataset(ds, where=path) for path, ds in node_datasets(obj).items()}
+    if cf:
+        nodes = {path: for_cf_file(ds, root=path == "/") for path, ds in nodes.items()}
     if isinstance(obj, xr.DataTree):
         return xr.DataTree.from_dict(nodes, name=obj.name), nodes
     return nodes["/"], nodes
+
+
+# ----------------------------------------------------------------------------------------------
+# CF conventions in the files
+
+
+#: The CF version the NetCDF and Zarr files follow (what cfchecker checks them against).
+CONVENTIONS = "CF-1.8"
+#: The size-1 dimension (and coordinate) that names a file's scan.
+SCAN = "scan"
+ANCILLARY = "ancillary_variables"
+
+
+def for_cf_file(ds: xr.Dataset, *, root: bool) -> xr.Dataset:
+    """``ds`` as a CF file holds it: ``Conventions`` (at the root), a ``scan`` coordinate, and
+    ``coordinates`` only where CF puts them.
+
+    - ``scan``: a dimension of size 1 whose coordinate is ``attrs["scan"]``. ``xr.open_mfdataset``
+      over several scans then combines them along ``scan`` (each scan keeps its own neurons,
+      labelled by unit id within the scan), or, with ``join="exact"``, refuses to line up
+      unrelated neurons; without it, two scans sharing unit ids would be lined up silently.
+    - ``coordinates``: CF names a coordinate in a data variable's ``coordinates`` attribute only
+      when the variable spans all of the coordinate's dimensions, and has no global
+      ``coordinates`` attribute (where xarray puts the rest). A coordinate no data variable spans
+      (``cell_motor_coordinates``, along neurons and space) is written as a variable of its own,
+      named in the ``ancillary_variables`` attribute of the data variables along its first
+      dimension, as CF describes variables that say something about a data variable.
+
+    :func:`from_cf_file` undoes all three.
+    """
+    ds = ds.copy()
+    if root:
+        ds.attrs.setdefault("Conventions", CONVENTIONS)
+    scan = ds.attrs.get("scan")
+    if isinstance(scan, str) and SCAN not in ds.variables and SCAN not in ds.dims and ds.data_vars:
+        ds = ds.assign_coords({SCAN: ((SCAN,), np.array([scan]), {"long_name": "scan (animal-session-scan)"})})
+    unspanned = [
+        str(name)
+        for name, coord in ds.coords.items()
+        if name not in ds.dims and coord.dims and not any(set(coord.dims) <= set(data.dims) for data in ds.data_vars.values())
+    ]
+    described = {str(name): [c for c in unspanned if ds[c].dims[0] in data.dims] for name, data in ds.data_vars.items()}
+    ds = ds.reset_coords(unspanned)
+    for name, names in described.items():
+        if names:
+            own = str(ds[name].attrs.get(ANCILLARY, "")).split()
+            ds[name].attrs[ANCILLARY] = " ".join([*own, *names])
+    return ds
+
+
+def from_cf_file(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` as read from a file :func:`for_cf_file` prepared: the Dataset that was written."""
+    if SCAN in ds.dims and ds.sizes[SCAN] == 1 and [str(v) for v in ds.variables if SCAN in ds[v].dims] == [SCAN]:
+        if str(ds[SCAN].values[0]) == ds.attrs.get("scan"):
+            ds = ds.drop_dims(SCAN)
+    if ds.attrs.get("Conventions") == CONVENTIONS:
+        ds.attrs = {key: value for key, value in ds.attrs.items() if key != "Conventions"}
+    coordinates: set[str] = set()
+    for data in ds.data_vars.values():
+        names = str(data.attrs.get(ANCILLARY, "")).split()
+        if names and all(name in ds.data_vars for name in names):
+            coordinates.update(names)
+            data.attrs = {key: value for key, value in data.attrs.items() if key != ANCILLARY}
+    return ds.set_coords(sorted(coordinates)) if coordinates else ds
+
+
+# ----------------------------------------------------------------------------------------------
+# the files a lazy Dataset reads
 
 
 def data_sources(obj: Scans) -> list[str]:

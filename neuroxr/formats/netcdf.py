@@ -1,12 +1,14 @@
 """NetCDF sink and reader: a scan (Dataset) or several (DataTree, one group per scan) to one netCDF-4 file.
 
 The file is plain netCDF-4 that ``xr.open_dataset`` / ``xr.open_datatree`` read back with nothing
-from neuroxr: same names, values, attributes and dtypes (booleans as booleans, uint16 as uint16,
-strings as numpy ``<U`` strings). Strings are netCDF-4 variable-length strings, so plain xarray
-gives each string variable the width of its longest value; a ``<U32`` holding shorter values comes
-back narrower. The declared widths are therefore recorded in an unused named enum type per group
-(``neuroxr_string_dtypes``, members ``"<name>=<dtype>"``), which xarray ignores and
-:func:`open_netcdf` reads to give back the exact dtypes.
+from neuroxr: same names, values and attributes (booleans as booleans, uint16 as uint16), and it
+follows the CF conventions (``Conventions = "CF-1.8"``; ``long_name`` and ``units`` from the data
+model; strings as character arrays, which CF-1.8 and cfchecker accept; ``coordinates`` attributes
+on the data variables; a ``scan`` coordinate, see :func:`neuroxr.formats._prepare.for_cf_file`).
+Plain xarray gives strings back as Python strings (object dtype) and a size-1 ``scan`` dimension;
+:func:`open_netcdf` gives back the exact Dataset written: the declared string widths are recorded
+in an unused named enum type per group (``neuroxr_string_dtypes``, members ``"<name>=<dtype>"``),
+which xarray ignores.
 
 Data variables are written block by block from dask, to a temporary name beside the target that is
 renamed at the end. The HDF5 chunks are the chunk policy's file chunks
@@ -69,12 +71,15 @@ def compression_encoding(compression: CompressionSpec, engine: str) -> dict[str,
     return {"compression": parsed.codec, "complevel": parsed.level, "shuffle": parsed.codec == "zlib"}
 
 
-def _variable_encodings(ds: xr.Dataset, compression: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _variable_encodings(ds: xr.Dataset, compression: Mapping[str, Any], layout: str) -> dict[str, dict[str, Any]]:
     """chunksizes = the chunk policy's file chunks (they tile the dask chunks), compression on chunked data variables."""
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
-        shape = _prepare.file_chunk_shape(variable)
-        if shape is None or variable.dtype.kind in "USO" or 0 in variable.shape:
+        if variable.dtype.kind in "UO":  # character arrays (CF's strings; netCDF-4 vlen strings are not CF-1.8)
+            encodings[str(name)] = {"dtype": "S1"}
+            continue
+        shape = _prepare.file_chunk_shape(variable, layout)
+        if shape is None or variable.dtype.kind in "S" or 0 in variable.shape:
             continue
         encodings[str(name)] = {"chunksizes": shape, **(compression if name in ds.data_vars else {})}
     return encodings
@@ -119,15 +124,19 @@ def to_netcdf(
     *,
     engine: str = "netcdf4",
     compression: CompressionSpec = DEFAULT_COMPRESSION,
+    layout: str = "access",
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write a scan (Dataset) or several scans (DataTree, one group each) to a netCDF-4 file, streaming.
 
     Dask chunks are written one by one (the scan is never loaded); the file appears at ``path``
-    only once complete. ``compression``: None (default, see docs/convert.md), ``"zlib[:level]"``
-    (with byte shuffle), ``"zstd[:level]"`` or a mapping of xarray encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError` unless
-    ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
+    only once complete, CF-conventional (docs/convert.md). ``compression``: None (default, see
+    docs/convert.md), ``"zlib[:level]"`` (with byte shuffle), ``"zstd[:level]"`` or a mapping of
+    xarray encoding keys. ``layout``: ``"access"`` (default: HDF5 chunks for one-trial and
+    one-neuron reads) or ``"blocks"`` (one chunk per trial block). An existing ``path`` raises
+    :class:`~neuroxr.TargetExistsError` unless ``overwrite=True`` (which replaces only a netCDF
+    file); ``progress=True`` shows a progress bar. Returns ``path``.
 
     >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
     >>> neuroxr.to_netcdf(ds, tmp / "30001-2-3.nc")
@@ -137,8 +146,9 @@ def to_netcdf(
     Frozen({'trial': 60, 'neuron': 20})
     """
     compression_keys = compression_encoding(compression, engine)
-    prepared, nodes = _prepare.prepare(obj)
-    encodings = {group: _variable_encodings(ds, compression_keys) for group, ds in nodes.items()}
+    _prepare.check_layout(layout, "NetCDF")
+    prepared, nodes = _prepare.prepare(obj, cf=True)
+    encodings = {group: _variable_encodings(ds, compression_keys, layout) for group, ds in nodes.items()}
 
     def write(temporary: Path) -> None:
         if isinstance(prepared, xr.DataTree):
@@ -163,7 +173,8 @@ def _has_groups(path: str | os.PathLike[str]) -> bool:
 
 def _finish(ds: xr.Dataset, dtypes: Mapping[str, str]) -> xr.Dataset:
     """Dask chunks of whole blocks of trials, exact string dtypes, labels and statistics loaded."""
-    return load_labels(_prepare.restore_string_dtypes(ds.chunk(_prepare.read_chunks(ds)), dtypes))
+    ds = _prepare.restore_string_dtypes(ds.chunk(_prepare.read_chunks(ds)), dtypes)
+    return load_labels(_prepare.from_cf_file(ds))
 
 
 def open_netcdf(path: str | os.PathLike[str], *, engine: str = "netcdf4") -> xr.Dataset | xr.DataTree:

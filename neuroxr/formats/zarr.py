@@ -87,15 +87,15 @@ def compressors(compression: CompressionSpec) -> tuple[Any, ...] | dict[str, Any
     return (GzipCodec(level=parsed.level),)
 
 
-def _variable_encodings(ds: xr.Dataset, codecs: tuple[Any, ...] | dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _variable_encodings(ds: xr.Dataset, codecs: tuple[Any, ...] | dict[str, Any], layout: str) -> dict[str, dict[str, Any]]:
     """Per variable: shards = the dask chunks (whole trial blocks, so dask writes each shard once,
     with no lock), inner chunks = the chunk policy's file chunks; codecs on data variables."""
     extra = codecs if isinstance(codecs, dict) else {"compressors": codecs}
     encodings: dict[str, dict[str, Any]] = {}
     for name, variable in ds.variables.items():
         encoding: dict[str, Any] = {}
-        shards = _prepare.shard_shape(variable)
-        chunks = _prepare.file_chunk_shape(variable) if shards is not None else _prepare.chunk_shape(variable)
+        shards = _prepare.shard_shape(variable, layout)
+        chunks = _prepare.file_chunk_shape(variable, layout) if shards is not None else _prepare.chunk_shape(variable)
         if chunks is not None:
             encoding["chunks"] = chunks
         if shards is not None:
@@ -149,17 +149,21 @@ def to_zarr(
     path: str | os.PathLike[str],
     *,
     compression: CompressionSpec = DEFAULT_COMPRESSION,
+    layout: str = "access",
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write a scan (Dataset) or several scans (DataTree, one group each) to a Zarr v3 store, streaming.
 
-    Dask chunks are written in parallel, one Zarr chunk each (the scan is never loaded); the store
-    appears at ``path`` only once complete, with consolidated metadata. ``compression``:
-    ``"blosc_lz4[:level]"`` (default, see docs/convert.md), ``"blosc_zstd[:level]"``,
-    ``"zstd[:level]"``, ``"gzip[:level]"``, None, a sequence of zarr codecs, or a mapping of
-    xarray zarr encoding keys. An existing ``path`` raises :class:`~neuroxr.TargetExistsError`
-    unless ``overwrite=True``; ``progress=True`` shows a progress bar. Returns ``path``.
+    Dask chunks are written in parallel, one shard each (the scan is never loaded); the store
+    appears at ``path`` only once complete, CF-conventional, with consolidated metadata.
+    ``compression``: ``"blosc_lz4[:level]"`` (default, see docs/convert.md),
+    ``"blosc_zstd[:level]"``, ``"zstd[:level]"``, ``"gzip[:level]"``, None, a sequence of zarr
+    codecs, or a mapping of xarray zarr encoding keys. ``layout``: ``"access"`` (default: shards
+    of small inner chunks, for one-trial and one-neuron reads) or ``"blocks"`` (one chunk per
+    trial block, for readers without zarrs). An existing ``path`` raises
+    :class:`~neuroxr.TargetExistsError` unless ``overwrite=True`` (which replaces only a Zarr
+    store); ``progress=True`` shows a progress bar. Returns ``path``.
 
     >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan.zip", zip=True, n_trials=60, n_neurons=20))
     >>> neuroxr.to_zarr(ds, tmp / "30001-2-3.zarr")
@@ -168,9 +172,10 @@ def to_zarr(
     Frozen({'trial': 60, 'neuron': 20})
     """
     _require_zarr()
+    _prepare.check_layout(layout, "Zarr")
     codecs = compressors(compression)
-    prepared, nodes = _prepare.prepare(obj)
-    encodings = {group: _variable_encodings(ds, codecs) for group, ds in nodes.items()}
+    prepared, nodes = _prepare.prepare(obj, cf=True)
+    encodings = {group: _variable_encodings(ds, codecs, layout) for group, ds in nodes.items()}
 
     def write(temporary: Path) -> None:
         with _expected_zarr_warnings_silenced(), fast_codecs():
@@ -224,4 +229,4 @@ def _finish(ds: xr.Dataset) -> xr.Dataset:
         stored = variable.encoding.get("shards") or variable.encoding.get("chunks")
         if stored and TRIAL in variable.dims:
             blocks.append(int(stored[variable.dims.index(TRIAL)]))
-    return load_labels(ds.chunk(_prepare.read_chunks(ds, max(blocks, default=None))))
+    return load_labels(_prepare.from_cf_file(ds.chunk(_prepare.read_chunks(ds, max(blocks, default=None)))))
