@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -91,7 +92,7 @@ def _info(args: argparse.Namespace) -> int:
     import neuroxr
     from neuroxr.views.describe import describe
 
-    opened = neuroxr.open(args.path)
+    opened = neuroxr.open(args.path, **opening_options(args, args.path))
     if hasattr(opened, "children"):
         for child in opened.children.values():
             _print(describe(child.to_dataset()), "")
@@ -107,7 +108,7 @@ def _validate(args: argparse.Namespace) -> int:
     from neuroxr.layout.check import check_files
 
     try:
-        layout = read_layout(args.path, strict=False)  # every structural problem, not only the first
+        layout = read_layout(args.path, strict=False, **opening_options(args, args.path))  # every structural problem
     except ScanError as error:  # not a scan at all
         _print(f"problem: {error}")
         return 1
@@ -135,7 +136,7 @@ def _convert(args: argparse.Namespace) -> int:
 
     dest = Path(args.dest)
     kind = args.to or _kind_of(dest)
-    obj = neuroxr.open(args.src)
+    obj = neuroxr.open(args.src, **opening_options(args, args.src))
     started = time.perf_counter()
     if kind == "nc":
         from neuroxr.formats.netcdf import to_netcdf
@@ -175,7 +176,7 @@ def _plot(args: argparse.Namespace) -> int:
     import neuroxr
     from neuroxr.views.plot import summary_figure
 
-    figure = summary_figure(neuroxr.open(args.path))
+    figure = summary_figure(neuroxr.open(args.path, **opening_options(args, args.path)))
     figure.savefig(args.output, dpi=args.dpi)
     _print(f"wrote {args.output}")
     return 0
@@ -184,6 +185,7 @@ def _plot(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     """The argument parser of the ``neuroxr`` command."""
     main_parser = argparse.ArgumentParser(prog="neuroxr", description="Sensorium scans as lazy, labelled xarray Datasets.")
+    main_parser.add_argument("--version", action="version", version=f"neuroxr {_version()}")
     commands = main_parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="write a synthetic scan, open it and show it")
@@ -218,7 +220,65 @@ def parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--output", default="summary.png")
     plot.add_argument("--dpi", type=int, default=110)
     plot.set_defaults(run=_plot)
+    for name in OPENING_COMMANDS:
+        add_storage_options(commands.choices[name])
     return main_parser
+
+
+# ----------------------------------------------------------------------------------------------
+# remote paths: storage options for every command that opens a path
+
+#: The commands that open a path (a URL among them).
+OPENING_COMMANDS = ("info", "validate", "convert", "plot")
+
+
+def _version() -> str:
+    from neuroxr import __version__
+
+    return __version__
+
+
+def add_storage_options(command: argparse.ArgumentParser) -> None:
+    """``--storage-option KEY=VALUE`` (repeatable) and ``--anon``: fsspec options for a URL."""
+    group = command.add_argument_group("remote scans (s3://, gs://, https://...)")
+    group.add_argument(
+        "--storage-option", dest="storage_options", action="append", default=[], metavar="KEY=VALUE",
+        help="an fsspec storage option, e.g. endpoint_url=https://... or requester_pays=true "
+        "(VALUE is read as JSON when it can be: true, 3, {...}); repeat for more",
+    )  # fmt: skip
+    group.add_argument("--anon", action="store_true", help="no credentials (public buckets): storage option anon=true")
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, object]:
+    """The storage options the command line gives, as fsspec takes them.
+
+    >>> storage_options(parser().parse_args(["info", "s3://b/scan.zip", "--anon", "--storage-option", "block_size=1024"]))
+    {'block_size': 1024, 'anon': True}
+    """
+    options: dict[str, object] = {}
+    for item in getattr(args, "storage_options", []) or []:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip():
+            raise ValueError(f"--storage-option {item!r}: expected KEY=VALUE")
+        try:
+            options[key.strip()] = json.loads(value)
+        except ValueError:
+            options[key.strip()] = value
+    if getattr(args, "anon", False):
+        options["anon"] = True
+    return options
+
+
+def opening_options(args: argparse.Namespace, path: str) -> dict[str, object]:
+    """The keyword arguments for opening ``path``: ``storage_options`` for a URL, when any were given."""
+    from neuroxr.sources import is_url
+
+    options = storage_options(args)
+    if not options:
+        return {}
+    if not is_url(path):
+        raise ValueError(f"{path}: --storage-option and --anon apply to URLs (s3://, https://...), not to a local path")
+    return {"storage_options": options}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -228,6 +288,13 @@ def parser() -> argparse.ArgumentParser:
 EXIT_ERROR = 2
 EXIT_INTERNAL = 3
 DEBUG_VARIABLE = "NEUROXR_DEBUG"
+#: Advice the library gives in Python terms, said in the command's.
+IN_COMMAND_TERMS = {
+    "pass overwrite=True": "use --overwrite",
+    "open them with neuroxr.open_datatree": "unzip it and give the folder, which opens as one scan per folder",
+    "pass storage_options={'anon': True}": "use --anon",
+    "in storage_options": "given with --storage-option",
+}
 
 
 def error_line(error: BaseException) -> str:
@@ -246,6 +313,8 @@ def error_line(error: BaseException) -> str:
         text = f"{type(error).__name__}: {error}"
     notes = [note for note in getattr(error, "__notes__", []) if note not in text]
     text = "; ".join([text, *notes])
+    for api, command in IN_COMMAND_TERMS.items():
+        text = text.replace(api, command)
     return " ".join(text.split())  # one line, whatever the libraries put in their messages
 
 
@@ -261,6 +330,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("neuroxr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (``neuroxr info ... | head``): stop quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that flushing stdout at exit cannot fail again
+        return 1
     except Exception as error:
         expected = isinstance(error, (NeuroxrError, OSError, ValueError))
         prefix = "neuroxr: " if expected else "neuroxr: internal error: "

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from conftest import fingerprint
@@ -219,3 +221,53 @@ def test_an_unexpected_error_is_one_line_and_a_debug_variable_shows_the_tracebac
     monkeypatch.setenv("NEUROXR_DEBUG", "1")
     assert main(["info", str(broken)]) in (2, 3)
     assert "Traceback" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------
+# the command itself: --version, storage options, a closed pipe, one progress display
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        main(["--version"])
+    assert stopped.value.code == 0 and capsys.readouterr().out.strip() == f"neuroxr {neuroxr.__version__}"
+
+
+def test_storage_options_reach_the_remote_reader(shared_scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("aiohttp")
+    from conftest import zip_scan
+    from test_25_remote import serve
+
+    zip_scan(shared_scan, tmp_path / "scan.zip")
+    server, _ = serve(tmp_path, {"mode": "stall", "seconds": 3})
+    url = f"http://127.0.0.1:{server.server_address[1]}/scan.zip"
+    try:
+        started = time.monotonic()
+        status = main(["info", url, "--storage-option", "timeout=0.3", "--storage-option", "retries=0"])
+        assert status == 2 and time.monotonic() - started < 2.5  # the 0.3 s timeout, not the default
+        assert "timed out" in one_error_line(capsys)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert main(["info", str(shared_scan), "--anon"]) == 2
+    assert "apply to URLs" in one_error_line(capsys)
+    assert main(["validate", "-q", str(shared_scan), "--storage-option", "no-equals-sign"]) == 2
+    assert "expected KEY=VALUE" in one_error_line(capsys)
+
+
+def test_a_closed_pipe_ends_the_command_quietly(release: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)  # the reader (``| head``) is gone before anything is written
+    try:
+        run = subprocess.run([sys.executable, "-m", "neuroxr.cli", "info", str(release)], stdout=write, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert run.returncode == 1 and run.stderr == "", run.stderr
+
+
+def test_an_nwb_export_shows_one_progress_display(shared_scan: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", str(shared_scan), str(tmp_path / "scan.nwb")]) == 0
+    err = capsys.readouterr().err
+    assert "writing scan.nwb" in err and "nwb: images" not in err and "nwb: responses" not in err  # no per-stage bars
+    descriptions = {part.split(":")[0].strip() for part in err.replace("\r", "\n").splitlines() if "%" in part}
+    assert descriptions == {"writing scan.nwb"}, descriptions
