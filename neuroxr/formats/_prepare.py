@@ -351,6 +351,8 @@ def _lazy_leaves(data: Any) -> Iterator[Any]:
             pending.extend([*value.args, *getattr(value, "kwargs", {}).values()])
         elif type(value).__name__ == "DataNode" and hasattr(value, "value"):  # a dask literal
             pending.append(value.value)
+        elif hasattr(value, "__self__") and hasattr(value, "__func__"):  # a bound method (a reader's read)
+            pending.append(value.__self__)
         else:
             yield value
             inner = getattr(value, "array", None)  # xarray's lazy indexing wrappers
@@ -361,7 +363,8 @@ def _lazy_leaves(data: Any) -> Iterator[Any]:
 def _paths_read_by(leaf: Any) -> list[str]:
     """The local paths one lazy reader reads (empty for anything that reads no local file)."""
     candidates: list[Any] = []
-    files = getattr(getattr(leaf, "reader", None), "files", None)  # neuroxr's TrialStackArray
+    reader = getattr(leaf, "reader", leaf)  # neuroxr's TrialStackArray, or its TrialReader itself
+    files = getattr(reader, "files", None)
     if files is not None:
         directory = getattr(files, "directory", None)
         if directory is not None:  # <scan>/data/<name>/: the scan folder is what to protect
