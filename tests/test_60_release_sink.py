@@ -223,7 +223,8 @@ def test_refuses_to_overwrite_the_source_whatever_was_done_to_the_data(scan, tmp
             "as opened": opened,
             "where": opened.where(opened.responses > 0),
             "merge": xr.merge([opened.responses, opened.behavior]),
-            "isel": opened.isel(trial=slice(0, 5)),
+            "isel": opened.isel(trial=slice(0, 5)),  # a subset reads only its own trials' files
+            "sel": opened.sel(trial=opened.tier == "train"),
             "arithmetic": opened[["responses"]] * 2,
         }
         for how, ds in derived.items():
