@@ -119,7 +119,7 @@ def main() -> None:
         write_old_zarr(ds, paths["zarr 0.1"])
         write_old_netcdf(ds, paths["netcdf 0.1"])
         print(f"scan: {args.trials} trials, {args.neurons} neurons, {ds.nbytes / 1e9:.2f} GB; "
-              f"written in every layout in {time.perf_counter() - started:.0f} s\n")  # fmt: skip
+              f"written in every layout in {time.perf_counter() - started:.0f} s")  # fmt: skip
 
         rng = np.random.default_rng(0)
         trials = rng.integers(0, args.trials, args.repeats).tolist()
@@ -188,6 +188,7 @@ def main() -> None:
             for key, source in sources.items():
                 streams[key] = {name: stream_mb_s(source[name]) for name in ("responses", "images")}
 
+        print("load average before measuring: %.1f %.1f %.1f (2 cores: above 2, other jobs compete)\n" % os.getloadavg())
         print("one random trial, all four variables (median ms)")
         base = trial_ms["np.load (release files)"]
         for key, value in trial_ms.items():
@@ -199,7 +200,7 @@ def main() -> None:
         base = neuron_ms["NWB 512 x 512 (h5py)"]
         for key, value in neuron_ms.items():
             print(f"  {key:48s} {value:9.2f} ms   {value / base:7.1f} x NWB")
-        print("\nwhole variable, a dask chunk at a time (MB/s, best of 2)")
+        print("\nwhole variable, a dask chunk at a time (MB/s, best of 2); load average now %.1f" % os.getloadavg()[0])
         for key, values in streams.items():
             old = streams.get(f"{key} 0.1")
             ratio = "".join(f"  {values[n] / old[n]:4.2f} x 0.1 ({n})" for n in values) if old else ""

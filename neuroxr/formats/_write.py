@@ -542,12 +542,6 @@ class Progress:
             with self._lock:
                 self._bar.update(steps)
 
-    def stage(self, description: str) -> None:
-        """Name what is being done now (shown before the bar)."""
-        if self._bar is not None:
-            with self._lock:
-                self._bar.set_description_str(description)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
