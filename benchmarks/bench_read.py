@@ -3,6 +3,8 @@
     python benchmarks/bench_read.py                  # 7,000 trials x 8,000 neurons, 144 x 256 images (~1.3 GB)
     python benchmarks/bench_read.py --small          # a tenth of that, for a quick look
     python benchmarks/bench_read.py --dir DIR        # build the scans in DIR once, and reuse them on later runs
+    python benchmarks/bench_read.py --kind dynamic   # a 2023 video scan: 680 trials x 8,000 neurons x 320 frames
+    python benchmarks/bench_read.py --kind dynamic --trials 170   # a quarter of one (fits a 24 GB page cache)
 
 Builds one synthetic scan three ways (folder, stored zip, deflated zip), then measures with a warm
 page cache, repeats interleaved and the median taken (the machine is shared: absolute times drift,
@@ -42,7 +44,8 @@ from neuroxr.sources.zipmember import LOCAL_HEADER
 from neuroxr.sources.zip import open_directory
 from neuroxr.synthetic import make_scan
 
-VARIABLES = ("responses", "images")
+#: The variables measured, per kind of scan.
+VARIABLES = {"static": ("responses", "images"), "dynamic": ("responses", "videos")}
 
 
 def medians(functions: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
@@ -190,23 +193,28 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
-def build(root: Path, n_trials: int, n_neurons: int) -> dict[str, Path]:
+def build(root: Path, kind: str, n_trials: int | None, small: bool) -> dict[str, Path]:
     paths = {"folder": root / "scan", "stored zip": root / "stored.zip", "deflated zip": root / "deflated.zip"}
     if all(path.exists() for path in paths.values()):
         return paths
     started = time.perf_counter()
-    synthetic = make_scan(n_trials=n_trials, n_neurons=n_neurons, image_shape=(1, 144, 256))
+    sizes: dict[str, int] = {}
+    if n_trials is not None or small:
+        sizes["n_trials"] = n_trials or (700 if kind == "static" else 68)
+    synthetic = make_scan(kind=kind, preset="release", **sizes)
     to_folder(synthetic, paths["folder"], overwrite=True)
     to_folder(synthetic, paths["stored zip"], zip=True, overwrite=True)
     to_folder(synthetic, paths["deflated zip"], zip=True, compression="deflated", overwrite=True)
-    print(f"built a {n_trials} x {n_neurons} scan with 1x144x256 images in {time.perf_counter() - started:.0f} s")
+    print(f"built the scans in {time.perf_counter() - started:.0f} s")
     return paths
 
 
-def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
-    paths = build(root, n_trials, n_neurons)
+def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) -> None:
+    paths = build(root, kind, n_trials, small)
     folder = paths["folder"]
-    print(f"\n{n_trials} trials x {n_neurons} neurons, 1x144x256 images; median of {repeats}, repeats interleaved")
+    opened_scan = neuroxr.open_scan(folder)
+    shape = " x ".join(f"{size:,} {dim}s" for dim, size in opened_scan.responses.sizes.items())
+    print(f"\n{kind} scan, responses {shape}; median of {repeats}, repeats interleaved")
 
     opened = medians({name: (lambda p=path: neuroxr.open_scan(p)) for name, path in paths.items()}, repeats + 2)
     print("\n| open | seconds | vs the folder |\n|---|---|---|")
@@ -215,7 +223,7 @@ def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
 
     datasets = {name: neuroxr.open_scan(path) for name, path in paths.items()}
     print("\n| variable | method | seconds | MB/s | ratio | against |\n|---|---|---|---|---|---|")
-    for variable in VARIABLES:
+    for variable in VARIABLES[kind]:
         files = trial_files(folder, variable)
         megabytes = raw_read(files) / 1e6  # also warms the page cache
         members = deflated_members(paths["deflated zip"], variable)
@@ -224,8 +232,9 @@ def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
             "raw byte reads (limit)": lambda: raw_read(files),
             "one fresh array (limit)": lambda: fresh_array(files),
             "zlib inflate loop, one core": lambda: zlib_loop(paths["deflated zip"], members),
-            "np.stack(np.load) loop": lambda: np.stack([np.load(file) for file in files]),
         }
+        if kind == "static":  # a video scan's list of arrays and their stack would not fit in memory twice
+            functions["np.stack(np.load) loop"] = lambda: np.stack([np.load(file) for file in files])
         for name, ds in datasets.items():
             functions[f"neuroxr, {name}, into memory"] = lambda d=ds: d[variable].values
             functions[f"neuroxr, {name}, streamed"] = lambda d=ds: stream(d[variable].data)
@@ -244,6 +253,15 @@ def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
             ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
             print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
 
+    if kind == "static":
+        compare_fresh_processes(paths, repeats)
+    output = subprocess.run([sys.executable, "-c", STREAM_RSS.replace("images", VARIABLES[kind][1]), str(paths["deflated zip"])],
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    print(f"\npeak RSS of a fresh process streaming {VARIABLES[kind][1]} and responses from the deflated zip: {int(output) / 1024:.0f} MB")
+
+
+def compare_fresh_processes(paths: dict[str, Path], repeats: int) -> None:
+    """A fresh process that opens and loads images and responses, against neuralpredictors' first epoch."""
     print("\n| fresh process: open + load images and responses | seconds | speed-up |\n|---|---|---|")
     rounds = max(1, repeats // 2)
     for kind in ("folder", "deflated zip"):
@@ -253,23 +271,22 @@ def run(root: Path, n_trials: int, n_neurons: int, repeats: int) -> None:
         print(f"| {kind}: neuralpredictors' first epoch, item by item{unpack} | {epoch:.2f} | 1.00 |")
         print(f"| {kind}: neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
 
-    output = subprocess.run([sys.executable, "-c", STREAM_RSS, str(paths["deflated zip"])], check=True, capture_output=True, text=True).stdout
-    print(f"\npeak RSS of a fresh process streaming images and responses from the deflated zip: {int(output) / 1024:.0f} MB")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", action="store_true", help="a tenth of the release size")
+    parser.add_argument("--kind", choices=sorted(VARIABLES), default="static", help="a 2022 image scan or a 2023 video scan")
+    parser.add_argument("--trials", type=int, help="trials of the scan (default: the release's)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dir", help="build the scans here, or reuse those built by an earlier run (default: a temporary folder)")
     args = parser.parse_args()
-    n_trials, n_neurons = (700, 8000) if args.small else (7000, 8000)
     if args.dir:
         Path(args.dir).mkdir(parents=True, exist_ok=True)
-        run(Path(args.dir), n_trials, n_neurons, args.repeats)
+        run(Path(args.dir), args.kind, args.trials, args.small, args.repeats)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            run(Path(tmp), n_trials, n_neurons, args.repeats)
+            run(Path(tmp), args.kind, args.trials, args.small, args.repeats)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ source fetches the block in one batch). A file whose header differs is decoded w
 ``np.load`` and accepted only if it holds the same shape and type. Withheld cells are set to NaN
 here, so masking stays lazy.
 
-Two things keep reads at the speed of the disk: a whole-variable load (:meth:`TrialReader.read_all`,
+Two things keep reads at the speed of the disk: a whole-variable load (:meth:`TrialReader.read_parallel`,
 which ``np.asarray`` and ``.values`` of an opened variable reach through :class:`WholeReadArray`)
 reads every trial straight into the one output array, blocks in parallel threads, with no dask
 concatenation after; and streamed blocks come from a :class:`BlockPool` that reuses the memory of
