@@ -341,3 +341,24 @@ def test_special_files_are_refused_without_blocking_or_reading_them_whole(tmp_pa
     assert peak < 20 * 2**20
     for number, fragment in expected.items():
         assert fragment in problems[number], problems[number]
+
+
+def test_zip64_end_records_are_read_as_zipfile_reads_them(tmp_path: Path) -> None:
+    """Python's zipfile writes zip64 end records once the directory lies past 2 GB, even with 32-bit values in the end record."""
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_DEFLATED)
+    data = archive.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    _, _, _, _, entries, size, offset, _ = struct.unpack_from("<4s4H2LH", data, end)
+    record = struct.pack("<4sQ2H2L4Q", b"PK\x06\x06", 44, 45, 45, 0, 0, entries, entries, size, offset)
+    locator = struct.pack("<4sLQL", b"PK\x06\x07", 0, end, 1)
+    (tmp_path / "z64.zip").write_bytes(data[:end] + record + locator + data[end:])
+    with zipfile.ZipFile(tmp_path / "z64.zip") as reference:
+        expected = {info.filename: reference.read(info) for info in reference.infolist()}
+    source = ZipSource(tmp_path / "z64.zip").within(f"{TOP}/")
+    for relative, content in contents().items():
+        assert source.read(relative) == content == expected[f"{TOP}/{relative}"]
+    damaged = bytearray(data[:end] + record + locator + data[end:])
+    damaged[end + 1] ^= 0xFF  # the zip64 record's signature
+    (tmp_path / "bad64.zip").write_bytes(bytes(damaged))
+    with pytest.raises(ScanError, match="corrupt zip64 end record"):
+        ZipSource(tmp_path / "bad64.zip")

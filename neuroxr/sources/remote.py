@@ -32,6 +32,7 @@ from neuroxr.errors import MissingExtraError, RemoteError, ScanError, require
 from neuroxr.sources.base import Buffers, copy_into, group_by_folder, is_ignored, read_whole
 from neuroxr.sources.zipmember import (
     LOCAL_HEADER,
+    TAIL_BYTES,
     Directory,
     MemberTable,
     data_offset,
@@ -442,7 +443,7 @@ def _open_archive(remote: Remote) -> tuple[Remote, Directory]:
     async def open_it(fs: Any) -> tuple[Remote, bytes, int]:
         opened = await _stat(fs, remote)
         assert opened.size is not None
-        tail_start = max(0, opened.size - 22 - 0xFFFF - 20 - 56)  # the end record, its comment, the zip64 records
+        tail_start = max(0, opened.size - TAIL_BYTES)
         return opened, await _get_range(fs, opened, tail_start, opened.size, remote.url), tail_start
 
     opened, tail, tail_start = remote.run(open_it)

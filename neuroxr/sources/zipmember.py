@@ -57,6 +57,8 @@ MAX_EXTRACT_VERSION = 63
 #: Deflate cannot expand data more than this (258 bytes from a 2-bit code, plus block overhead).
 DEFLATE_MAX_RATIO = 1032
 
+#: Bytes at an archive's end that hold its end records: the end record, its longest comment and the zip64 records.
+TAIL_BYTES = 22 + 0xFFFF + 20 + 56
 #: ``read_at(offset, length) -> bytes``: how a directory parser reads an archive (local or remote).
 ReadAt = Callable[[int, int], bytes]
 
@@ -196,7 +198,7 @@ def read_directory(read_at: ReadAt, size: int, label: str) -> Directory:
     the tail held it); zip64 archives and archives with data before them (self-extracting) are read
     as :mod:`zipfile` reads them. Directory entries (names ending in ``/``) are left out.
     """
-    tail_start = max(0, size - _END.size - _MAX_COMMENT)
+    tail_start = max(0, size - TAIL_BYTES)
     tail = read_at(tail_start, size - tail_start)
     end = _find_end(tail)
     if end is None:
@@ -204,17 +206,21 @@ def read_directory(read_at: ReadAt, size: int, label: str) -> Directory:
     _, disk, cd_disk, _, entries, cd_size, cd_offset, _ = _END.unpack_from(tail, end)
     end_at = tail_start + end
     directory_end = end_at
-    if 0xFFFF in (entries, disk, cd_disk) or 0xFFFFFFFF in (cd_size, cd_offset):
-        locator_at = end_at - _ZIP64_LOCATOR.size
-        if locator_at >= tail_start + 0 and tail[locator_at - tail_start : locator_at - tail_start + 4] == b"PK\x06\x07":
-            _, _, zip64_at, _ = _ZIP64_LOCATOR.unpack_from(tail, locator_at - tail_start)
-            record = tail[locator_at - tail_start - _ZIP64_END.size : locator_at - tail_start]
-            if len(record) != _ZIP64_END.size or record[:4] != b"PK\x06\x06":
-                raise ScanError(label, "not a readable zip archive (corrupt zip64 end record)")
-            fields64 = _ZIP64_END.unpack(record)
-            entries, cd_size, cd_offset = fields64[7], fields64[8], fields64[9]
-            directory_end = locator_at - _ZIP64_END.size
-            del zip64_at
+    locator_at = end_at - _ZIP64_LOCATOR.size  # zip64 records, where present, hold the values (as zipfile reads them)
+    locator = tail[locator_at - tail_start : end] if locator_at >= tail_start else b""
+    if locator[:4] == b"PK\x06\x07":
+        _, _, _, disks = _ZIP64_LOCATOR.unpack(locator)
+        record_at = locator_at - _ZIP64_END.size
+        record = tail[record_at - tail_start : locator_at - tail_start] if record_at >= tail_start else b""
+        if len(record) != _ZIP64_END.size or record[:4] != b"PK\x06\x06":
+            raise ScanError(label, "not a readable zip archive (corrupt zip64 end record)")
+        fields64 = _ZIP64_END.unpack(record)
+        disk, cd_disk, entries, cd_size, cd_offset = fields64[4], fields64[5], fields64[7], fields64[8], fields64[9]
+        directory_end = record_at
+        if disks > 1:
+            disk = disks
+    if disk != 0 or cd_disk != 0:
+        raise ScanError(label, "not a readable zip archive (archives spanning several disks are not supported)")
     cd_start = directory_end - cd_size
     concat = cd_start - cd_offset  # bytes before the archive proper (a self-extracting stub)
     if cd_start < 0 or concat < 0:
