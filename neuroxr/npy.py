@@ -146,7 +146,8 @@ def _first_line(error: BaseException) -> str:
 def load_array(data: bytes | bytearray | memoryview, name: str) -> np.ndarray:
     """Decode a whole .npy file held in memory, never unpickling; errors name the file.
 
-    The file must hold exactly what its header promises (no less, no trailing bytes).
+    The file must hold exactly what its header promises (no less, no trailing bytes). A file held
+    in a ``bytearray`` (as sources read them) is decoded in place, without a copy.
     """
     header = parse_header(data, name)
     check_size(header, len(data), name)
@@ -155,7 +156,9 @@ def load_array(data: bytes | bytearray | memoryview, name: str) -> np.ndarray:
     if header.dtype.itemsize == 0:
         return np.empty(header.shape, header.dtype, order=order)
     try:
-        flat = np.frombuffer(payload, dtype=header.dtype).copy()
+        flat = np.frombuffer(payload, dtype=header.dtype)
+        if flat.size and not flat.flags.writeable:  # held in bytes: copied into an array of its own
+            flat = flat.copy()
     except ValueError as error:
         raise ScanError(name, f"cannot decode .npy ({_first_line(error)})") from error
     return flat.reshape(header.shape, order=order)

@@ -13,6 +13,7 @@ import os
 import stat
 import zipfile
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,10 @@ from neuroxr.sources.zipmember import (
     read_directory,
     verify_crc,
 )
+
+
+#: Compressed members to read together beyond which they are inflated on parallel threads.
+PARALLEL_BYTES = 8 * 2**20
 
 
 def open_directory(archive: str) -> Directory:
@@ -140,10 +145,15 @@ class ZipSource:
         return self.read_many([relative])[0]
 
     def read_many(self, relatives: Sequence[str]) -> list[bytes | bytearray | memoryview]:
+        """Several whole members; large compressed ones (a video scan's statistics) inflated on parallel threads."""
         rows = self._directory.rows_in(self.prefix, relatives, self.label)
         table = self._checked(rows, lambda index: self.label(relatives[index]))
         members = _Members(self.archive, [self.label(relative) for relative in relatives], table)
-        return [members.read(number) for number in range(len(relatives))]
+        packed = table.methods != zipfile.ZIP_STORED
+        if int(table.sizes[packed].sum()) < PARALLEL_BYTES:
+            return [members.read(number) for number in range(len(relatives))]
+        with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="neuroxr-meta") as pool:  # libdeflate releases the GIL
+            return list(pool.map(members.read, range(len(relatives))))
 
     def within(self, folder: str) -> ZipSource:
         if not folder:
