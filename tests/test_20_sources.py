@@ -362,3 +362,20 @@ def test_zip64_end_records_are_read_as_zipfile_reads_them(tmp_path: Path) -> Non
     (tmp_path / "bad64.zip").write_bytes(bytes(damaged))
     with pytest.raises(ScanError, match="corrupt zip64 end record"):
         ZipSource(tmp_path / "bad64.zip")
+
+
+def test_a_zip64_directory_that_the_end_record_does_not_announce(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """zipfile writes zip64 end records as soon as the directory starts past 2 GiB, with the plain end
+    record still holding the true values (no 0xFFFFFFFF mark): every archive of more than 2 GiB it writes,
+    a 2023 video scan among them. A lower limit makes zipfile write one of a few kilobytes."""
+    monkeypatch.setattr(zipfile, "ZIP64_LIMIT", 2000)  # zipfile's own constant: members past 2 kB get zip64 offsets
+    archive = write_zip(tmp_path / "zip64.zip", zipfile.ZIP_DEFLATED)
+    monkeypatch.undo()
+    data = archive.read_bytes()
+    end = data.rfind(b"PK\x05\x06")
+    assert data[end - 20 : end - 16] == b"PK\x06\x07" and b"PK\x06\x06" in data[end - 76 : end - 72]  # zip64 records ...
+    assert struct.unpack_from("<I", data, end + 16)[0] != 0xFFFFFFFF  # ... that the end record does not mark
+    source = ZipSource(archive).within(f"{TOP}/")
+    with zipfile.ZipFile(archive) as reference:
+        for relative in contents():
+            assert source.read(relative) == reference.read(f"{TOP}/{relative}")
