@@ -99,17 +99,27 @@ def frame_counts(name: str, files: NumberedFiles, header: NpyHeader, n_trials: i
     return FrameCounts(row_zero_first_nan(files, header, n_trials), f"{row} of {folder}/<trial>.npy")
 
 
-@dataclass(frozen=True)
 class FrameCountCheck:
     """Checks each block of videos read against ``n_frames``: their first NaN frames must agree.
 
-    Called by the lazy reader with the trial numbers and the stored values of a block.
+    Called by the lazy reader with the trial numbers and the stored values of a block. A trial
+    whose video was found right is not checked again in this process (a scan is not changed while
+    it is open); a copy sent to a worker starts afresh.
     """
 
-    n_frames: np.ndarray
-    source: str
+    def __init__(self, n_frames: np.ndarray, source: str) -> None:
+        self.n_frames = n_frames
+        self.source = source
+        self._verified = np.zeros(len(n_frames), dtype=bool)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (FrameCountCheck, (self.n_frames, self.source))
 
     def __call__(self, trials: np.ndarray, block: np.ndarray, files: NumberedFiles) -> None:
+        fresh = ~self._verified[trials]
+        if not fresh.any():
+            return
+        trials, block = trials[fresh], block[fresh] if not fresh.all() else block
         found = first_nan_frames(block)
         expected = self.n_frames[trials]
         wrong = np.flatnonzero(found != expected)
@@ -121,3 +131,4 @@ class FrameCountCheck:
                 f"({len(wrong)} of the {len(trials)} trials read disagree); that variable is not padded like the "
                 f"videos in this scan: open it with n_frames_from='{FROM_VIDEOS}' to take the lengths from the videos",
             )
+        self._verified[trials] = True

@@ -17,7 +17,8 @@ NaN from the trial's end to the padded length):
   times each), ``none`` ~2%. Test-tier clips are the same in every synthetic scan. ``competition=True``
   withholds (NaN) the responses of the four test tiers, as the release does (zeros on disk).
 - statistics: time-resolved mean/std (ddof=1)/min/max/median over the train trials, NaN-aware (frames
-  no train trial reaches are NaN), float64, for the subset "all"; computed on first access in one pass.
+  no train trial reaches are NaN), accumulated in float64 and kept in float32 like the 2022 release's,
+  for the subset "all"; computed on first access in one pass.
   The median is exact when the train responses fit in :data:`MEDIAN_BYTES`, else the median of an evenly
   spaced sample of train trials that does.
 
@@ -414,7 +415,7 @@ def _train_block(recipe: VideoRecipe, rows: np.ndarray, sample: np.ndarray) -> d
 class LazyVideoStatistics(ComputedOnce):
     """The four statistics variables of a synthetic video scan, computed once when first needed, in one pass."""
 
-    dtype = np.dtype(np.float64)
+    dtype = np.dtype(np.float32)
     _recipe: VideoRecipe
 
     def shape(self, variable: str) -> tuple[int, ...]:
@@ -456,7 +457,7 @@ class LazyVideoStatistics(ComputedOnce):
             accumulator.add(values[train])
             per_variable[name] = accumulator.result(_nanmedian(values[train].astype(np.float64)))
         return {
-            name: np.stack([stats[stat] for stat in datamodel.STATISTICS])[None].astype(np.float64)
+            name: np.stack([stats[stat] for stat in datamodel.STATISTICS])[None].astype(self.dtype)
             for name, stats in per_variable.items()
         }
 
