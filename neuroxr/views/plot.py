@@ -165,11 +165,12 @@ def _trial_lengths(ds: xr.Dataset, axis) -> None:
 
 def _video_summary(ds: xr.Dataset) -> Figure:
     figure = _figure()
-    grid = figure.add_gridspec(3, STRIP_FRAMES, height_ratios=[1.0, 1.3, 1.3])
-    _frame_strip(ds, [figure.add_subplot(grid[0, i]) for i in range(STRIP_FRAMES)], _shown_trial(ds))
-    _clip_response(ds, figure.add_subplot(grid[1:, :4]))
-    _trial_lengths(ds, figure.add_subplot(grid[1, 4:]))
-    _tiers(ds, figure.add_subplot(grid[2, 4:]))
+    strip, panels = figure.subfigures(2, 1, height_ratios=[1.0, 2.6])  # the strip's frames evenly spaced
+    _frame_strip(ds, list(strip.subplots(1, STRIP_FRAMES)), _shown_trial(ds))
+    grid = panels.add_gridspec(2, 3)
+    _clip_response(ds, panels.add_subplot(grid[:, :2]))
+    _trial_lengths(ds, panels.add_subplot(grid[0, 2]))
+    _tiers(ds, panels.add_subplot(grid[1, 2]))
     rate = ds.attrs.get(datamodel.FRAME_RATE_ATTR, 30.0)
     figure.suptitle(f"video scan {ds.attrs.get('scan', '')}: {ds.sizes['trial']} trials, {ds.sizes['neuron']} neurons, {rate:g} Hz")
     return figure
