@@ -24,8 +24,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import neuroxr
+
+# Property tests draw the same examples on every run (CI must not depend on luck); their sizes are
+# bounded where they are declared.
+settings.register_profile("neuroxr", derandomize=True, deadline=None, print_blob=True)
+settings.load_profile("neuroxr")
 
 RELEASE_NAME = "static30001-2-3-GrayImageNet-0123456789abcdef0123456789abcdef"
 
