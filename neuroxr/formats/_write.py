@@ -379,8 +379,17 @@ def check_free_space(target: str | os.PathLike[str], needed: int) -> None:
 
 
 def explain_write_error(error: BaseException, target: str | os.PathLike[str]) -> BaseException:
-    """A clearer error for a failed write: a full device is named as such; anything else gets a note."""
-    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+    """A clearer error for a failed write: a full device is named as such; anything else gets a note.
+
+    A full device is recognised from the error (``ENOSPC``, also inside the text HDF5 gives its
+    errors, or in the errors it was raised from) or from the device's free space.
+    """
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any((isinstance(e, OSError) and e.errno == errno.ENOSPC) or os.strerror(errno.ENOSPC) in str(e) for e in chain):
         return OSError(errno.ENOSPC, f"{target}: no space left on the device while writing")
     with contextlib.suppress(OSError):
         if shutil.disk_usage(_parent(target)).free < FULL_DEVICE_BYTES:
