@@ -25,7 +25,8 @@ behaviour is withheld stores an all-zero std), the division is not done: those v
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -248,18 +249,90 @@ def response_precision(ds: xr.Dataset, *, statistics: StatisticsSource = "stored
     return _precision(_statistic(source, ds["responses"], "responses", "std", release), statistics)
 
 
-def _standardized(ds: xr.Dataset, source: xr.Dataset, variable: str, statistics: str) -> xr.DataArray:
+@dataclass(frozen=True)
+class StandardizationRule:
+    """How one variable goes onto the official scale, as the official ``NeuroNormalizer`` computes it.
+
+    ``(x - offset) / divisor`` for images and pupil centre (mean and std), ``x * factor`` for responses
+    (the precision) and behaviour (``1 / std``). Each part is a DataArray over some of the variable's
+    per-trial dims, or None; a std that is zero or NaN makes the divisor or factor NaN, so those values
+    read NaN instead of infinite. ``standardize`` and ``neuroxr.torch``'s loaders both apply these rules.
+
+    >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
+    >>> rule = standardization_rules(ds)["images"]
+    >>> rule.offset.dims, rule.factor is None
+    ((), True)
+    >>> bool(np.allclose(rule.apply(ds.images), neuroxr.standardize(ds).images))
+    True
+    """
+
+    variable: str
+    offset: xr.DataArray | None = None
+    divisor: xr.DataArray | None = None
+    factor: xr.DataArray | None = None
+
+    def apply(self, data: Any) -> Any:
+        """The standardised values of ``data`` (a DataArray, aligned by dims; or an array shaped like the parts)."""
+        if self.offset is not None:
+            data = data - self.offset
+        if self.divisor is not None:
+            data = data / self.divisor
+        if self.factor is not None:
+            data = data * self.factor
+        return data
+
+    def arrays(self, dims: Sequence[str], selection: Mapping[str, Any] | None = None) -> StandardizationRule:
+        """The rule as numpy arrays that broadcast against data with ``dims`` (a size-1 axis for each dim a part lacks).
+
+        ``selection`` (dim -> positions) picks elements first, e.g. the neurons a loader keeps.
+        """
+
+        def array(part: xr.DataArray | None) -> np.ndarray | None:
+            if part is None:
+                return None
+            if selection:
+                part = part.isel({dim: index for dim, index in selection.items() if dim in part.dims})
+            unknown = set(part.dims) - set(dims)
+            if unknown:
+                raise DatasetError(f"the {self.variable} statistics have dims {part.dims}, not all among {tuple(dims)}")
+            values = np.asarray(part.transpose(*[dim for dim in dims if dim in part.dims]).values)
+            return values.reshape([part.sizes[dim] if dim in part.dims else 1 for dim in dims])
+
+        return StandardizationRule(self.variable, array(self.offset), array(self.divisor), array(self.factor))
+
+
+def _rule(ds: xr.Dataset, source: xr.Dataset, variable: str, statistics: str) -> StandardizationRule:
     data = ds[variable]
     release = ds.attrs.get("release_name", "scan")
     std = _statistic(source, data, variable, "std", release)
     if variable == "responses":
-        scaled = data * _precision(std, statistics)
-    elif variable == "behavior":
-        scaled = data * _reciprocal_or_nan(std)
-    else:
-        scaled = (data - _statistic(source, data, variable, "mean", release)) * _reciprocal_or_nan(std)
+        return StandardizationRule(variable, factor=_precision(std, statistics))
+    if variable == "behavior":
+        return StandardizationRule(variable, factor=_reciprocal_or_nan(std))
+    mean = _statistic(source, data, variable, "mean", release)
+    return StandardizationRule(variable, offset=mean, divisor=std.where(std > 0))
+
+
+def standardization_rules(
+    ds: xr.Dataset, *, statistics: StatisticsSource = "stored", variables: Sequence[str] | None = None
+) -> dict[str, StandardizationRule]:
+    """The :class:`StandardizationRule` of each data variable of ``ds`` (or of ``variables``), lazy where ``ds`` is.
+
+    >>> rules = standardization_rules(neuroxr.make_scan(n_trials=60, n_neurons=20))
+    >>> sorted(rules), rules["responses"].factor.dims
+    (['behavior', 'images', 'pupil_center', 'responses'], ('neuron',))
+    """
+    if variables is None:
+        kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
+        variables = [name for name in kind.data_variables if name in ds.data_vars]
+    source = _statistics_source(ds, statistics, variables)
+    return {variable: _rule(ds, source, variable, statistics) for variable in variables}
+
+
+def _standardized(data: xr.DataArray, rule: StandardizationRule, statistics: str) -> xr.DataArray:
+    scaled = rule.apply(data)
     scaled = scaled.astype(np.result_type(data.dtype, np.float32), copy=False).transpose(*data.dims)
-    scaled.attrs = {**data.attrs, TRANSFORM_ATTR: f"{_TRANSFORMS[variable]} (statistics: {statistics})"}
+    scaled.attrs = {**data.attrs, TRANSFORM_ATTR: f"{_TRANSFORMS[rule.variable]} (statistics: {statistics})"}
     scaled.encoding = {}
     return scaled
 
@@ -282,11 +355,10 @@ def standardize(ds: xr.Dataset, *, statistics: StatisticsSource = "stored") -> x
     if ds.attrs.get(STANDARDIZED_ATTR):
         done = ds.attrs[STANDARDIZED_ATTR]
         raise ValueError(f"expected a Dataset on the stored scale, found one already standardised ({done})")
-    kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
-    variables = [name for name in kind.data_variables if name in ds.data_vars]
-    source = _statistics_source(ds, statistics, variables)
+    rules = standardization_rules(ds, statistics=statistics)
     result = ds.copy()
-    for variable in variables:
-        result[variable] = _standardized(ds, source, variable, statistics)
+    for variable, rule in rules.items():
+        result[variable] = _standardized(ds[variable], rule, statistics)
+    variables = list(rules)
     result.attrs = {**ds.attrs, STANDARDIZED_ATTR: ",".join(variables), STATISTICS_ATTR: statistics}
     return result
