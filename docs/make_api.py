@@ -21,6 +21,12 @@ SECTIONS = [
         "neuroxr.metrics",
         ["single_trial_correlation", "correlation_to_average", "feve", "oracle_correlation", "leaderboard", "select_tier"],
     ),
+    ("PyTorch loaders (`neuroxr.torch`, extra `neuroxr[torch]`)", "neuroxr.torch", ["static_loaders", "video_loaders", "loaders", "predict"]),
+    (
+        "Submission files (`neuroxr.submission`)",
+        "neuroxr.submission",
+        ["write_submission", "write_ground_truth", "read_submission", "checked_predictions"],
+    ),
     ("Looking at a scan", "neuroxr", ["describe", "summary_figure"]),
     ("Synthetic scans (`neuroxr.synthetic`)", "neuroxr.synthetic", ["make_scan", "write_scan"]),
     ("The xarray backend (`neuroxr.backend`)", "neuroxr.backend", ["SensoriumBackendEntrypoint"]),

@@ -206,6 +206,7 @@ def write_submission(
     ['submission_file_live_test.csv', 'submission_file_final_test.csv']
     """
     folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(scans, xr.Dataset) and not _is_dynamic(scans):
         if not isinstance(predictions, xr.DataArray):
             raise TypeError("expected the predictions of a 2022 scan as one DataArray (trial x neuron)")
@@ -283,6 +284,7 @@ def write_ground_truth(scan: xr.Dataset, folder: str | os.PathLike[str], *, tier
     ['ground_truth_file_test.csv']
     """
     standardized = standardize(scan).responses
+    Path(folder).mkdir(parents=True, exist_ok=True)
     written = []
     for tier in _static_tiers(scan, tiers):
         trials = np.asarray(scan[TRIAL].values)[_tiers(scan) == tier]

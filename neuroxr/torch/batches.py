@@ -191,9 +191,24 @@ class VideoPipeline:
 
 
 def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray) -> np.ndarray:
-    """``NeuroNormalizer`` on one field (as stored where the rule is absent: not normalised or excluded)."""
+    """``NeuroNormalizer`` on one field (as stored where the rule is absent: not normalised or excluded).
+
+    The batch was just read into an array of its own, so the arithmetic runs in place where the result
+    keeps its dtype (the same operations, in the same order, as the official transform).
+    """
     rule = rules.get(name)
-    return values if rule is None else rule.apply(values)
+    if rule is None:
+        return values
+    parts = [part for part in (rule.offset, rule.divisor, rule.factor) if part is not None]
+    if not values.flags.writeable or np.result_type(values, *parts) != values.dtype:
+        return rule.apply(values)
+    if rule.offset is not None:
+        np.subtract(values, rule.offset, out=values)
+    if rule.divisor is not None:
+        np.divide(values, rule.divisor, out=values)
+    if rule.factor is not None:
+        np.multiply(values, rule.factor, out=values)
+    return values
 
 
 @dataclass
@@ -294,7 +309,7 @@ class ScanBatches(Dataset):
 
 
 def _is_dask(variable: xr.Variable) -> bool:
-    return hasattr(variable.data, "dask")
+    return variable.chunks is not None
 
 
 def _load(variable: xr.Variable) -> np.ndarray:

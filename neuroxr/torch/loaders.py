@@ -202,6 +202,8 @@ def _dataloader(
     options: Mapping[str, Any],
 ) -> DataLoader:
     sampler: Sampler[int] = SubsetRandomSampler(trials.tolist(), generator=generator) if shuffle else SubsetSequentialSampler(trials)
+    if num_workers > 0:  # one batch ahead per worker: never more than a batch per worker in memory
+        options = {"prefetch_factor": 1, **options}
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -211,6 +213,30 @@ def _dataloader(
         generator=generator,
         **options,
     )
+
+
+def _add(
+    loaders: dict[str, dict[str, DataLoader]],
+    dataset: ScanBatches,
+    key: str,
+    trials: Mapping[str, np.ndarray],
+    *,
+    cache: bool,
+    batch_size: int,
+    generator: torch.Generator | None,
+    num_workers: int,
+    options: Mapping[str, Any],
+) -> None:
+    """One scan's loader of each tier (train shuffled, the others in file order), all over one dataset."""
+    if key in next(iter(loaders.values()), {}):
+        raise DatasetError(f"the scan {key} is given twice")
+    if cache:
+        dataset.cache()
+    for name, indices in trials.items():
+        loaders.setdefault(name, {})[key] = _dataloader(
+            dataset, indices, shuffle=name == "train", batch_size=batch_size, generator=generator,
+            num_workers=num_workers, options=options,
+        )  # fmt: skip
 
 
 def _generator(seed: int | None) -> torch.Generator | None:
@@ -285,7 +311,7 @@ def static_loaders(
     scans, several = open_scans(source, storage_options)
     generator = _generator(seed)
     tiers = [tier] if tier else list(STATIC_TIERS)
-    loaders: dict[str, dict[str, DataLoader]] = {name: {} for name in tiers}
+    loaders: dict[str, dict[str, DataLoader]] = {}
     for ds in scans:
         if _format(ds) == DYNAMIC_FORMAT:
             raise DatasetError(f"{ds.attrs.get('scan')}: a 2023 video scan; use video_loaders")
@@ -305,14 +331,8 @@ def static_loaders(
             scale=scale,
         )  # fmt: skip
         dataset = ScanBatches(ds, pipeline, seed)
-        if cache:
-            dataset.cache()
-        for name in tiers:
-            trials = tier_trials(ds, name, image_ids=image_ids, image_n=image_n, image_base_seed=image_base_seed)
-            loaders[name][dataset.key] = _dataloader(
-                dataset, trials, shuffle=name == "train", batch_size=batch_size, generator=generator,
-                num_workers=num_workers, options=dataloader_options,
-            )  # fmt: skip
+        trials = {name: tier_trials(ds, name, image_ids=image_ids, image_n=image_n, image_base_seed=image_base_seed) for name in tiers}
+        _add(loaders, dataset, dataset.key, trials, cache=cache, batch_size=batch_size, generator=generator, num_workers=num_workers, options=dataloader_options)
     return _arrange(loaders, several)
 
 
@@ -377,17 +397,11 @@ def video_loaders(
             scale=scale, withheld=withheld,
         )  # fmt: skip
         dataset = ScanBatches(ds, pipeline, seed)
-        if cache:
-            dataset.cache()
         present = [str(name) for name in np.unique(np.asarray(ds["tier"].values).astype(str)) if name != "none"]
         names = [tier] if tier else [name for name in VIDEO_TIERS if name in present] + sorted(set(present) - set(VIDEO_TIERS))
         key = str(ds.attrs.get("release_name") or dataset.key)
-        for name in names:
-            trials = tier_trials(ds, name)
-            loaders.setdefault(name, {})[key] = _dataloader(
-                dataset, trials, shuffle=name == "train", batch_size=batch_size, generator=generator,
-                num_workers=num_workers, options=dataloader_options,
-            )  # fmt: skip
+        trials = {name: tier_trials(ds, name) for name in names}
+        _add(loaders, dataset, key, trials, cache=cache, batch_size=batch_size, generator=generator, num_workers=num_workers, options=dataloader_options)
     return _arrange(loaders, several)
 
 
