@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+import dask
 import numpy as np
 import torch
 import xarray as xr
 from torch.utils.data import Dataset, get_worker_info
 
-from neuroxr import chunking, datamodel
+from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
 from neuroxr.errors import DatasetError
+from neuroxr.lazy import WholeReadArray
 from neuroxr.torch import transforms
 
 TRIAL = datamodel.TRIAL
@@ -257,14 +259,24 @@ class ScanBatches(Dataset):
         return batch_type(self.pipeline.fields)(*(_tensor(values[name]) for name in self.pipeline.fields))
 
     def read(self, trials: np.ndarray) -> dict[str, np.ndarray]:
-        """The raw values of ``trials`` (any order, repeats allowed): one read per variable."""
-        numbers, where = np.unique(trials, return_inverse=True)
-        selected = {name: variable[{TRIAL: numbers}] for name, variable in self._variables.items()}
-        lazy = {name: variable.data for name, variable in selected.items() if _is_dask(variable)}
-        values = {name: np.asarray(variable.values) for name, variable in selected.items() if name not in lazy}
-        if lazy:
-            import dask
+        """The raw values of ``trials`` (any order, repeats allowed): one read per variable.
 
+        A variable of release files (opened by ``neuroxr.open_scan`` or lazily by the backend) is read
+        with one :meth:`~neuroxr.lazy.TrialReader.read`; any other with one call of its own lazy
+        indexing (dask: one synchronous compute of all of them).
+        """
+        numbers, where = np.unique(trials, return_inverse=True)
+        values: dict[str, np.ndarray] = {}
+        lazy: dict[str, Any] = {}
+        for name, variable in self._variables.items():
+            data = variable.data if _is_dask(variable) else None
+            if isinstance(data, WholeReadArray):
+                values[name] = data.reader.read(numbers)
+            elif data is not None:
+                lazy[name] = data[numbers]
+            else:
+                values[name] = np.asarray(variable[{TRIAL: numbers}].values)
+        if lazy:
             values.update(zip(lazy, dask.compute(*lazy.values(), scheduler="synchronous")))
         if len(numbers) != len(trials) or not np.array_equal(numbers, trials):
             values = {name: array[where.ravel()] for name, array in values.items()}
@@ -313,13 +325,5 @@ def _is_dask(variable: xr.Variable) -> bool:
 
 
 def _load(variable: xr.Variable) -> np.ndarray:
-    """A variable's values in memory: dask computes its chunks; a lazily indexed one is read in blocks."""
-    if _is_dask(variable):
-        return np.asarray(variable.values)
-    n_trials = variable.shape[0]
-    per_trial = int(np.prod(variable.shape[1:])) * variable.dtype.itemsize
-    block = chunking.trials_per_chunk(per_trial, n_trials)
-    out = np.empty(variable.shape, dtype=variable.dtype)
-    for start in range(0, n_trials, block):
-        out[start : start + block] = variable[{TRIAL: slice(start, start + block)}].values
-    return out
+    """A variable's values in memory, read once (release files straight into one array, in parallel threads)."""
+    return np.asarray(variable.values)

@@ -21,9 +21,7 @@ from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler
 
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule, standardization_rules
-from neuroxr.backend import SensoriumBackendEntrypoint
 from neuroxr.errors import DatasetError
-from neuroxr.layout.discover import looks_like_scan
 from neuroxr.opening import open_any
 from neuroxr.sources import is_url
 from neuroxr.torch.batches import ScanBatches, StaticPipeline, VideoPipeline, keep_batch
@@ -55,30 +53,19 @@ class SubsetSequentialSampler(Sampler[int]):
 # Scans from any source
 
 
-def _lazy(path: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> xr.Dataset:
-    """A release scan (folder, .zip, URL) opened without dask: a batch is one ``TrialReader.read`` per variable."""
-    return xr.open_dataset(path, engine=SensoriumBackendEntrypoint, storage_options=storage_options)
-
-
 def open_scans(source: Source, storage_options: dict[str, Any] | None = None) -> tuple[list[xr.Dataset], bool]:
     """The scans of ``source`` and whether it holds several (a DataTree, a list, a folder of scans).
 
-    A scan folder, .zip or URL is opened without dask (each batch one block read per variable);
-    NetCDF, Zarr and NWB through ``neuroxr.open`` (each batch one call of their lazy indexing).
+    Paths and URLs are opened with ``neuroxr.open``: a batch of a release scan (folder, .zip, URL) is
+    then one block read per variable, of NetCDF, Zarr or NWB one call of their lazy indexing.
     """
     if isinstance(source, xr.Dataset):
         return [source], False
     if isinstance(source, xr.DataTree):
         return [child.to_dataset() for child in source.children.values()], True
     if isinstance(source, (str, os.PathLike)):
-        if is_url(source) or looks_like_scan(os.fspath(source)):
-            return [_lazy(source, storage_options)], False
-        opened = open_any(source)
-        if isinstance(opened, xr.DataTree):
-            paths = [child.to_dataset().encoding.get("source") for child in opened.children.values()]
-            if all(path is not None and looks_like_scan(path) for path in paths):  # a folder of release scans
-                return [_lazy(path, storage_options) for path in paths], True
-        return open_scans(opened, storage_options)
+        opened = open_any(source, storage_options=storage_options) if is_url(source) else open_any(source)
+        return open_scans(opened)
     if isinstance(source, Iterable):
         scans = [scan for item in source for scan in open_scans(item, storage_options)[0]]
         return scans, True
