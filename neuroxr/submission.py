@@ -304,14 +304,15 @@ def _parse_list(text: str) -> list[Any]:
     return ast.literal_eval(text)
 
 
-def read_submission(path: str | os.PathLike[str]) -> xr.DataArray | dict[str, xr.DataArray]:
+def read_submission(path: str | os.PathLike[str], *, skip: int = SKIP_FRAMES) -> xr.DataArray | dict[str, xr.DataArray]:
     """A submission or ground-truth file as labelled DataArrays, ready for ``neuroxr.metrics``.
 
     A 2022 CSV gives one DataArray (trial x neuron), rows in ascending ``trial_idx`` and neurons in ascending
     unit id (as the official ``evaluate`` orders them); ``trial`` is labelled by the file's
     ``trial_indices`` (``meta/trials/trial_idx``), with ``image_id`` on it. A 2023 parquet gives
-    ``{mouse: DataArray (trial x neuron x frame)}``, ``trial`` the file numbers, ``frame`` the frames of
-    the trial from the first written one (NaN past a trial's end).
+    ``{mouse: DataArray (trial x neuron x frame)}``, ``trial`` the file numbers, each trial's values on
+    its frames ``skip`` to ``n_frames`` (the official file holds the frames after the first ``skip``),
+    NaN elsewhere; ``.reindex(frame=scan.frame)`` puts them on a scan's frames for ``neuroxr.metrics``.
 
     >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
     >>> truth = read_submission(write_ground_truth(ds, tmp)[0])
@@ -322,7 +323,7 @@ def read_submission(path: str | os.PathLike[str]) -> xr.DataArray | dict[str, xr
     """
     path = Path(path)
     if path.name.endswith((".parquet", ".parquet.brotli")):
-        return _read_video(path)
+        return _read_video(path, skip)
     import pandas as pd
 
     frame = pd.read_csv(path)
@@ -339,7 +340,7 @@ def read_submission(path: str | os.PathLike[str]) -> xr.DataArray | dict[str, xr
     return xr.DataArray(data, dims=(TRIAL, NEURON), coords=coords, name=name, attrs={"source": str(path)})
 
 
-def _read_video(path: Path) -> dict[str, xr.DataArray]:
+def _read_video(path: Path, skip: int) -> dict[str, xr.DataArray]:
     import pandas as pd
 
     require("pyarrow", "submission", "reading the 2023 submission (parquet)")
@@ -348,12 +349,12 @@ def _read_video(path: Path) -> dict[str, xr.DataArray]:
     for mouse, rows in frame.groupby("mouse", sort=False):
         trials = rows["trial_indices"].to_numpy(dtype=np.int64)
         predictions = [np.array([np.asarray(row) for row in cell], dtype=np.float64) for cell in rows["prediction"]]
-        length = max(prediction.shape[1] for prediction in predictions)
-        data = np.full((len(trials), predictions[0].shape[0], length), np.nan)
+        lengths = np.array([skip + prediction.shape[1] for prediction in predictions], dtype=np.int64)
+        data = np.full((len(trials), predictions[0].shape[0], int(lengths.max())), np.nan)
         for row, prediction in enumerate(predictions):
-            data[row, :, : prediction.shape[1]] = prediction
+            data[row, :, skip : lengths[row]] = prediction
         neuron_ids = np.asarray(rows["neuron_ids"].iloc[0])
         order = np.argsort(trials)
-        coords = {TRIAL: trials[order], NEURON: neuron_ids, FRAME: np.arange(length)}
+        coords = {TRIAL: trials[order], NEURON: neuron_ids, FRAME: np.arange(data.shape[-1]), datamodel.N_FRAMES: (TRIAL, lengths[order])}
         result[str(mouse)] = xr.DataArray(data[order], dims=(TRIAL, NEURON, FRAME), coords=coords, name="predictions", attrs={"source": str(path)})
     return result

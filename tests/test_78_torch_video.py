@@ -282,5 +282,12 @@ def test_the_parquet_file_is_the_official_generate_submission(scan: Path, tmp_pa
         for mine, official_cell in zip(ours.column("prediction").to_pylist(), theirs.column("prediction").to_pylist(), strict=True):
             np.testing.assert_allclose(np.array(mine), np.array(official_cell), rtol=1e-6)
         assert pa.parquet.ParquetFile(path).metadata.row_group(0).column(0).compression == "BROTLI"
-        back = read_submission(path)[scan.name]
+        back = read_submission(path, skip=skip)[scan.name]
         assert back.dims == ("trial", "neuron", "frame") and back.trial.values.tolist() == trial_indices
+        truth = neuroxr.standardize(ds).responses.sel(trial=trial_indices)
+        scored = combined[scan.name].sel(trial=trial_indices)
+        np.testing.assert_allclose(
+            neuroxr.metrics.single_trial_correlation(back.reindex(frame=ds.frame), truth, skip=skip).values,
+            neuroxr.metrics.single_trial_correlation(scored.astype(np.float32), truth, skip=skip).values,
+            rtol=1e-9,
+        )
