@@ -31,7 +31,7 @@ from torch.utils.data import Dataset, get_worker_info
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
 from neuroxr.errors import DatasetError
-from neuroxr.lazy import WholeReadArray
+from neuroxr.lazy import TrialReader, WholeReadArray
 from neuroxr.torch import transforms
 
 TRIAL = datamodel.TRIAL
@@ -86,7 +86,7 @@ class StaticPipeline:
         return self.fields
 
     def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-        values = {**raw, "responses": np.take(raw["responses"], self.neurons, axis=-1)}
+        values = {**raw, "responses": _neurons(raw["responses"], self.neurons, axis=-1)}
         values = {name: _standardized(self.rules, name, values[name]) for name in self.fields}
         values["images"] = self._images(values)
         return values
@@ -154,7 +154,7 @@ class VideoPipeline:
         return found
 
     def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator, trials: np.ndarray) -> dict[str, np.ndarray]:
-        values = {**raw, "responses": np.take(raw["responses"], self.neurons, axis=1)}
+        values = {**raw, "responses": _neurons(raw["responses"], self.neurons, axis=1)}
         values = {name: _standardized(self.rules, name, values[name]) for name in self.fields}
         lengths = self.lengths(values, trials)
         if self.max_frame is not None and self.max_frame > values["videos"].shape[-1]:
@@ -190,6 +190,13 @@ class VideoPipeline:
     @staticmethod
     def _index(window: np.ndarray, ndim: int) -> np.ndarray:
         return window.reshape(window.shape[:1] + (1,) * (ndim - 2) + window.shape[1:])
+
+
+def _neurons(responses: np.ndarray, neurons: np.ndarray, axis: int) -> np.ndarray:
+    """``Subsample``: the kept neurons, in their order (the array itself when that is every neuron in order)."""
+    if len(neurons) == responses.shape[axis] and np.array_equal(neurons, np.arange(len(neurons))):
+        return responses
+    return np.take(responses, neurons, axis=axis)
 
 
 def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray) -> np.ndarray:
@@ -251,27 +258,35 @@ class ScanBatches(Dataset):
 
     def __getitems__(self, trials: Sequence[int]) -> Any:
         trials = np.asarray(trials, dtype=np.int64)
-        raw = self.read(trials)
+        shared: dict[int, torch.Tensor] | None = {} if get_worker_info() is not None else None
+        raw = self.read(trials, shared)
         if isinstance(self.pipeline, VideoPipeline):
             values = self.pipeline(raw, self._generator(), trials)
         else:
             values = self.pipeline(raw, self._generator())
-        return batch_type(self.pipeline.fields)(*(_tensor(values[name]) for name in self.pipeline.fields))
+        tensors = []
+        for name in self.pipeline.fields:
+            in_shared_memory = (shared or {}).get(id(values[name]))
+            tensors.append(_tensor(values[name]) if in_shared_memory is None else in_shared_memory)
+        return batch_type(self.pipeline.fields)(*tensors)
 
-    def read(self, trials: np.ndarray) -> dict[str, np.ndarray]:
-        """The raw values of ``trials`` (any order, repeats allowed): one read per variable.
+    def read(self, trials: np.ndarray, shared: dict[int, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
+        """The raw values of ``trials`` (any order, repeats allowed), in that order: one read per variable.
 
-        A variable of release files (opened by ``neuroxr.open_scan`` or lazily by the backend) is read
-        with one :meth:`~neuroxr.lazy.TrialReader.read`; any other with one call of its own lazy
-        indexing (dask: one synchronous compute of all of them).
+        A variable of release files (opened by ``neuroxr.open_scan``) is read with one
+        :meth:`~neuroxr.lazy.TrialReader.read`; any other with one call of its own lazy indexing (dask:
+        one synchronous compute of all of them). With ``shared`` (in a ``DataLoader`` worker), float32
+        release files are read straight into shared memory, recorded there by the id of the array: a
+        field the transforms leave in place then goes to the main process without another copy.
         """
         numbers, where = np.unique(trials, return_inverse=True)
         values: dict[str, np.ndarray] = {}
+        in_order: dict[str, np.ndarray] = {}
         lazy: dict[str, Any] = {}
         for name, variable in self._variables.items():
             data = variable.data if _is_dask(variable) else None
             if isinstance(data, WholeReadArray):
-                values[name] = data.reader.read(numbers)
+                in_order[name] = _read_release_files(data.reader, trials, shared)
             elif data is not None:
                 lazy[name] = data[numbers]
             else:
@@ -280,7 +295,7 @@ class ScanBatches(Dataset):
             values.update(zip(lazy, dask.compute(*lazy.values(), scheduler="synchronous")))
         if len(numbers) != len(trials) or not np.array_equal(numbers, trials):
             values = {name: array[where.ravel()] for name, array in values.items()}
-        return values
+        return {**values, **in_order}
 
     def cache(self) -> ScanBatches:
         """Read every trial of the variables served into memory, once (in blocks); later batches come from there.
@@ -318,6 +333,17 @@ class ScanBatches(Dataset):
             for name, item in state["_variables"].items()
         }
         self.__dict__.update(state)
+
+
+def _read_release_files(reader: TrialReader, trials: np.ndarray, shared: dict[int, torch.Tensor] | None) -> np.ndarray:
+    """``reader.read(trials)``; into shared memory (recorded in ``shared``) when that is given and the files hold float32."""
+    if shared is None or reader.dtype != np.float32:
+        return reader.read(trials)
+    tensor = torch.empty((len(trials), *reader.header.shape), dtype=torch.float32).share_memory_()
+    array = tensor.numpy()
+    reader.read_into(trials, array)
+    shared[id(array)] = tensor
+    return array
 
 
 def _is_dask(variable: xr.Variable) -> bool:
