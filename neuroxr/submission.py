@@ -29,7 +29,7 @@ import xarray as xr
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import response_precision, standardize
 from neuroxr.errors import DatasetError, require
-from neuroxr.formats._write import write_atomically
+from neuroxr.formats._write import OutputKind, write_atomically
 
 TRIAL, NEURON, FRAME = datamodel.TRIAL, datamodel.NEURON, "frame"
 #: The 2022 tiers the leaderboard scores, and the name each has in the submission file.
@@ -41,6 +41,16 @@ DYNAMIC_FORMAT = "sensorium-2023-dynamic"
 #: The official 2023 code scores the frames after the first ``SKIP_FRAMES`` of each trial.
 SKIP_FRAMES = 50
 COLUMNS = ("trial_indices", "image_ids", "prediction", "neuron_ids")
+
+
+def _starts_with(path: Path, start: bytes) -> bool:
+    with open(path, "rb") as file:
+        return file.read(len(start)) == start
+
+
+#: What ``overwrite=True`` may replace: a file of the same kind (never a folder or another file).
+CSV_FILE = OutputKind("a submission CSV file", folder=False, recognise=lambda path: _starts_with(path, b"trial_indices,image_ids,"))
+PARQUET_FILE = OutputKind("a parquet file", folder=False, recognise=lambda path: _starts_with(path, b"PAR1"))
 
 
 def _is_dynamic(ds: xr.Dataset) -> bool:
@@ -151,7 +161,8 @@ def _lengths(scan: xr.Dataset, trials: np.ndarray) -> np.ndarray:
 
 
 def _write_csv(frame: Any, target: Path, overwrite: bool) -> Path:
-    return write_atomically(target, lambda temporary: frame.to_csv(temporary, index=False), sources=(), overwrite=overwrite, needed_bytes=None)
+    write = lambda temporary: frame.to_csv(temporary, index=False)  # noqa: E731
+    return write_atomically(target, write, kind=CSV_FILE, sources=(), overwrite=overwrite, needed_bytes=None)
 
 
 def _static_frame(values: np.ndarray, scan: xr.Dataset, trials: np.ndarray, column: str) -> Any:
@@ -270,7 +281,7 @@ def _write_video_submission(
         frame = pd.DataFrame(rows, columns=["mouse", "trial_indices", "prediction", "neuron_ids"])
         target = folder / f"predictions_file_{name}_{VIDEO_TRACKS[track]}_track.parquet.brotli"
         write = lambda temporary, frame=frame: frame.to_parquet(temporary, compression="brotli", engine="pyarrow", index=False)  # noqa: E731
-        written.append(write_atomically(target, write, sources=(), overwrite=overwrite, needed_bytes=None))
+        written.append(write_atomically(target, write, kind=PARQUET_FILE, sources=(), overwrite=overwrite, needed_bytes=None))
     return written
 
 
