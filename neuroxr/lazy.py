@@ -37,7 +37,7 @@ from xarray.core import indexing
 from neuroxr import chunking
 from neuroxr.errors import ScanError
 from neuroxr.npy import HEADER_PROBE, NpyHeader, load_array
-from neuroxr.sources import NumberedFiles
+from neuroxr.sources import NumberedFiles, PerProcess
 
 
 #: Arrays of at least this many bytes get memory of their own from the kernel (see :func:`allocate`).
@@ -111,8 +111,8 @@ class BlockPool:
         return (BlockPool, (self.keep, self.smallest))  # a worker gets a pool of its own
 
 
-#: The pool every reader in this process shares.
-BLOCKS = BlockPool()
+#: The pool every reader in this process shares (a forked worker makes its own).
+BLOCKS = PerProcess(BlockPool)
 
 
 def _threads() -> int:
@@ -148,7 +148,7 @@ class TrialReader:
     def read(self, trials: np.ndarray) -> np.ndarray:
         """Stack the files of ``trials`` (file numbers, any order, repeats allowed) into a new array."""
         trials = np.asarray(trials, dtype=np.int64)
-        out = BLOCKS.empty((len(trials), *self.header.shape), self.dtype)
+        out = BLOCKS.get().empty((len(trials), *self.header.shape), self.dtype)
         self.read_into(trials, out)
         return out
 

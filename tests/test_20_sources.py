@@ -10,6 +10,7 @@ import tracemalloc
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -210,6 +211,10 @@ def test_open_source_dispatches_on_what_is_there(tmp_path: Path) -> None:
     with pytest.raises(ScanError, match="no such file or folder") as caught:
         open_source(tmp_path / "missing")
     assert caught.value.path == str(tmp_path / "missing")
+    if hasattr(os, "mkfifo"):  # a FIFO named like an archive is not missing: it is said what it is, without blocking
+        os.mkfifo(tmp_path / "pipe.zip")
+        with pytest.raises(ScanError, match="pipe.zip: is a FIFO, not a regular file"):
+            open_source(tmp_path / "pipe.zip")
     (tmp_path / "notes.zip").write_bytes(b"plain text")
     with pytest.raises(ScanError, match="not a readable zip archive"):
         open_source(tmp_path / "notes.zip")
@@ -379,3 +384,25 @@ def test_a_zip64_directory_that_the_end_record_does_not_announce(tmp_path: Path,
     with zipfile.ZipFile(archive) as reference:
         for relative in contents():
             assert source.read(relative) == reference.read(f"{TOP}/{relative}")
+
+
+def _use_after_fork(queue: Any) -> None:
+    from neuroxr.sources.remote import INFLATE_THREADS
+
+    queue.put(INFLATE_THREADS.get().submit(os.getpid).result(timeout=10))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+def test_process_wide_thread_pools_are_made_anew_in_a_forked_child() -> None:
+    """A forked DataLoader worker inherits the pool object but not its threads: it must make its own."""
+    import multiprocessing
+
+    from neuroxr.sources.remote import INFLATE_THREADS
+
+    assert INFLATE_THREADS.get().submit(os.getpid).result() == os.getpid()
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_use_after_fork, args=(queue,))
+    child.start()
+    child.join(timeout=30)
+    assert child.exitcode == 0 and queue.get(timeout=1) == child.pid

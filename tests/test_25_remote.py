@@ -8,6 +8,8 @@ import pickle
 import re
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -195,6 +197,21 @@ def test_fsspec_folder_url(tmp_path: Path) -> None:
     scan = write_tiny_scan(tmp_path)
     remote = neuroxr.open_scan(f"file://{scan}")
     xr.testing.assert_identical(remote.load(), neuroxr.open_scan(scan).load())
+
+
+def test_file_urls_of_a_zip_and_a_folder_in_a_fresh_process(tmp_path: Path) -> None:
+    """What a user's first call does, before anything else imported fsspec's event loop machinery."""
+    scan = write_tiny_scan(tmp_path)
+    archive = zip_scan(scan, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    code = (
+        "import sys, neuroxr\n"
+        "for url in sys.argv[1:]:\n"
+        "    print(float(neuroxr.open_scan(url).responses.sum()))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, f"file://{archive}", f"file://{scan}/"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = float(neuroxr.open_scan(scan).responses.sum())
+    assert [float(line) for line in done.stdout.split()] == [expected, expected]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 import zipfile
@@ -129,6 +130,11 @@ def test_open_dispatches_on_what_it_is_given(release: Path, tmp_path: Path) -> N
     assert isinstance(reopened, xr.DataTree) and sorted(reopened.children) == ["21067-10-18", "26872-17-20"]
     with pytest.raises(neuroxr.ScanError, match="no such file"):
         neuroxr.open(tmp_path / "nothing")
+    if hasattr(os, "mkfifo"):  # there, but not a file neuroxr reads: said so, at once
+        os.mkfifo(tmp_path / "pipe.zip")
+        for opener in (neuroxr.open, neuroxr.open_scan):
+            with pytest.raises(neuroxr.ScanError, match="pipe.zip: is a FIFO, not a regular file"):
+                opener(tmp_path / "pipe.zip")
 
 
 # ----------------------------------------------------------------------------------------------

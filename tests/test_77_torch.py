@@ -333,11 +333,6 @@ def test_workers_give_the_same_batches_with_any_fields(formats: dict[str, Any], 
 
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="sources/remote.py keeps a module-level inflate thread pool that forked workers inherit without its threads",
-)
 def test_forked_workers_read_a_url(formats: dict[str, Any]) -> None:
     assert_workers_match(formats["http url of the zip"], timeout=3)
 

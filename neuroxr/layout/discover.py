@@ -14,7 +14,7 @@ from typing import Any
 
 from neuroxr import datamodel
 from neuroxr.errors import ScanError
-from neuroxr.sources import FolderSource, Source, ZipSource, is_ignored, is_url, open_url
+from neuroxr.sources import FolderSource, Source, ZipSource, is_ignored, is_url, not_openable, open_url
 
 #: The two folders that make a folder a scan.
 MARKERS = (datamodel.DATA_DIR, "meta")
@@ -90,7 +90,7 @@ def open_scan_source(path: str | os.PathLike[str], storage_options: dict[str, An
     if path.is_file():
         archive = ZipSource(path)
         return archive.within(scan_root(archive))
-    raise ScanError(path, "no such file or folder")
+    raise not_openable(path)
 
 
 def scan_paths(folder: str | os.PathLike[str]) -> list[Path]:

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import NumberedFiles, Source, copy_into, group_by_folder, is_ignored
-from neuroxr.sources.folder import FolderFiles, FolderSource
+from neuroxr.sources.base import NumberedFiles, PerProcess, Source, copy_into, group_by_folder, is_ignored
+from neuroxr.sources.folder import FolderFiles, FolderSource, not_openable
 from neuroxr.sources.remote import RemoteFolderSource, RemoteZipSource, open_url
 from neuroxr.sources.zip import ZipMembers, ZipSource
 
@@ -23,6 +23,7 @@ __all__ = [
     "RemoteFolderSource",
     "RemoteZipSource",
     "NumberedFiles",
+    "PerProcess",
     "Source",
     "ZipMembers",
     "ZipSource",
@@ -30,6 +31,7 @@ __all__ = [
     "group_by_folder",
     "is_ignored",
     "is_url",
+    "not_openable",
     "open_source",
 ]
 
@@ -52,4 +54,4 @@ def open_source(path: str | os.PathLike[str], storage_options: dict[str, Any] | 
         return FolderSource(path)
     if path.is_file():
         return ZipSource(path)
-    raise ScanError(path, "no such file or folder")
+    raise not_openable(path)

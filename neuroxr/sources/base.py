@@ -9,8 +9,11 @@ handle, so they pickle small and work on any dask scheduler. Nothing here knows 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Protocol
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 from neuroxr.errors import ScanError
 
@@ -23,6 +26,49 @@ IGNORED_NAMES = (".DS_Store",)
 EXPORT_MARKER = ".neuroxr-"
 
 Buffers = Sequence[memoryview]
+T = TypeVar("T")
+
+
+class PerProcess(Generic[T]):
+    """A process-wide resource (a thread pool, a lock, buffers), made on first use in each process.
+
+    A forked child (a ``DataLoader`` worker) inherits its parent's objects but none of its threads: a
+    thread pool there waits forever for workers that do not exist, a lock a parent thread held stays
+    held. So every module-level pool, loop or lock of neuroxr is one of these: after a fork the child
+    forgets the parent's value (``os.register_at_fork``) and makes its own on first use.
+
+    >>> pool = PerProcess(lambda: object())
+    >>> pool.get() is pool.get()
+    True
+    """
+
+    _all: weakref.WeakSet[PerProcess[Any]] = weakref.WeakSet()
+
+    def __init__(self, make: Callable[[], T]) -> None:
+        self._make = make
+        self._value: T | None = None
+        self._lock = threading.Lock()
+        PerProcess._all.add(self)
+
+    def get(self) -> T:
+        """This process's value, made now if it has none yet."""
+        if self._value is None:
+            with self._lock:
+                if self._value is None:
+                    self._value = self._make()
+        return self._value
+
+    def _forget(self) -> None:
+        self._value = None
+        self._lock = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    for resource in list(PerProcess._all):
+        resource._forget()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def is_ignored(relative: str) -> bool:

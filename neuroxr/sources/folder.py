@@ -26,6 +26,20 @@ _KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFB
 _MAX_READ = 0x7FFFF000
 
 
+def not_openable(path: str | os.PathLike[str]) -> ScanError:
+    """The error for a local path that is neither a folder nor a regular file: missing, or what it is instead.
+
+    >>> not_openable("/dev/null")
+    ScanError('/dev/null: is a character device, not a regular file (expected a scan folder or a .zip archive)')
+    """
+    try:
+        info = os.stat(path)
+    except OSError:
+        return ScanError(path, "no such file or folder")
+    kind = _KINDS.get(stat.S_IFMT(info.st_mode), "not a regular file")
+    return ScanError(path, f"is {kind}, not a regular file (expected a scan folder or a .zip archive)")
+
+
 def os_error(error: OSError, label: str) -> ScanError:
     """The :class:`ScanError` that says, in the file's terms, why it could not be read."""
     code = error.errno

@@ -20,6 +20,7 @@ hold the URL, the options, the version and offsets: they pickle and run on any w
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from neuroxr.errors import MissingExtraError, RemoteError, ScanError, require
-from neuroxr.sources.base import Buffers, copy_into, group_by_folder, is_ignored, read_whole
+from neuroxr.sources.base import Buffers, PerProcess, copy_into, group_by_folder, is_ignored, read_whole
 from neuroxr.sources.zipmember import (
     LOCAL_HEADER,
     TAIL_BYTES,
@@ -112,10 +113,10 @@ class Remote:
 
     def run(self, coroutine_function: Callable[[Any], Any]) -> Any:
         """Run ``coroutine_function(fs)`` on the file system's event loop and return its result."""
-        fsspec = require("fsspec", "remote", "reading remote scans")
+        asyn = require("fsspec.asyn", "remote", "reading remote scans")
         fs = self.filesystem()
-        loop = getattr(fs, "loop", None) or fsspec.asyn.get_loop()
-        return fsspec.asyn.sync(loop, coroutine_function, fs)
+        loop = getattr(fs, "loop", None) or asyn.get_loop()
+        return asyn.sync(loop, coroutine_function, fs)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,17 +270,8 @@ async def _stat(fs: Any, remote: Remote) -> Remote:
     return replace(remote, size=int(info.get("size") or 0), etag=str(etag) if etag else None)
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _inflate_pool() -> ThreadPoolExecutor:
-    """Threads that inflate members as their ranges arrive (libdeflate releases the GIL)."""
-    global _POOL
-    if _POOL is None:
-        import os
-
-        _POOL = ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="neuroxr-inflate")
-    return _POOL
+#: Threads that inflate members as their ranges arrive (libdeflate releases the GIL); each process its own.
+INFLATE_THREADS = PerProcess(lambda: ThreadPoolExecutor(max_workers=os.cpu_count() or 2, thread_name_prefix="neuroxr-inflate"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,7 +318,7 @@ def fetch_members(remote: Remote, table: MemberTable, buffers: Sequence[Buffers]
             if len(raw) < length:  # a long local extra field: fetch the rest
                 at = begin + data_start
                 raw = await _get_range(fs, remote, at, at + length, labels[row])
-            sizes[row] = await loop.run_in_executor(_inflate_pool(), inflate_into, raw, table, row, buffers[row], labels[row])
+            sizes[row] = await loop.run_in_executor(INFLATE_THREADS.get(), inflate_into, raw, table, row, buffers[row], labels[row])
 
     async def fetch_all(fs: Any) -> None:
         await _gather([place(fs, rows) for rows in groups])
