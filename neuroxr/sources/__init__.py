@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from neuroxr.errors import ScanError
 from neuroxr.sources.base import NumberedFiles, PerProcess, Source, copy_into, group_by_folder, is_ignored
 from neuroxr.sources.folder import FolderFiles, FolderSource, not_openable
 from neuroxr.sources.remote import RemoteFolderSource, RemoteZipSource, open_url
