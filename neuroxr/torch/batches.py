@@ -23,10 +23,12 @@ from functools import lru_cache
 from typing import Any
 
 import dask
+import dask.array
 import numpy as np
 import torch
 import xarray as xr
 from torch.utils.data import Dataset, get_worker_info
+from xarray.core import indexing as xr_indexing
 
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
@@ -241,13 +243,19 @@ class ScanBatches(Dataset):
         missing = [name for name in self.pipeline.variables if name not in self.scan.data_vars]
         if missing:
             raise DatasetError(f"{self.key}: the loader needs the variables {missing}, found {sorted(map(str, self.scan.data_vars))}")
-        self._variables = {name: self.scan[name].variable for name in self.pipeline.variables}
+        self._variables = {name: lazily_indexed(self.scan[name].variable) for name in self.pipeline.variables}
         per_trial = [name for name, variable in self.scan.data_vars.items() if TRIAL in variable.dims]
         self.scan = self.scan.drop_vars(per_trial).isel({datamodel.NEURON: self.pipeline.neurons})
 
     @property
     def key(self) -> str:
         return str(self.scan.attrs.get("scan", "scan"))
+
+    @property
+    def forks_safely(self) -> bool:
+        """False where a forked worker could not read the variables: a Zarr store read with zarrs, whose
+        Rust thread pool a forked child inherits without its threads (zarr has no way to make it anew)."""
+        return not any(_reads_with_zarrs(array) for variable in self._variables.values() for array in _backend_arrays(variable))
 
     def __len__(self) -> int:
         return int(self.scan.sizes[TRIAL])
@@ -303,7 +311,7 @@ class ScanBatches(Dataset):
         The arrays are torch tensors, so ``DataLoader`` workers share them instead of copying them.
         """
         for name, variable in self._variables.items():
-            if isinstance(variable.data, np.ndarray):
+            if _in_memory(variable):
                 continue
             self._variables[name] = xr.Variable(variable.dims, _load(variable), variable.attrs)
         return self
@@ -321,7 +329,7 @@ class ScanBatches(Dataset):
         state["_rng"] = None
         state["_variables"] = {
             name: (variable.dims, torch.from_numpy(variable.data), variable.attrs)
-            if isinstance(variable.data, np.ndarray)
+            if _in_memory(variable)
             else variable
             for name, variable in self._variables.items()
         }
@@ -344,6 +352,67 @@ def _read_release_files(reader: TrialReader, trials: np.ndarray, shared: dict[in
     reader.read_into(trials, array)
     shared[id(array)] = tensor
     return array
+
+
+def _original_arrays(data: Any) -> list[Any]:
+    """The arrays a dask array was made from with ``from_array`` (xarray's ``chunk`` of a file's variable)."""
+    graph = getattr(data, "dask", None)
+    layers = getattr(graph, "layers", {})
+    found = []
+    for name, layer in layers.items():
+        if str(name).startswith("original-"):
+            found += [getattr(value, "value", value) for value in layer.values()]  # the array, or a task's data node
+    return found
+
+
+def lazily_indexed(variable: xr.Variable) -> xr.Variable:
+    """``variable`` as xarray's lazily indexed array of its file, where it is just that file's array in dask chunks.
+
+    NetCDF and Zarr variables opened by neuroxr are dask arrays of whole blocks of trials: a batch of
+    random trials from them would read (and decompress) every block it touches, whole. The lazily
+    indexed array under the chunks reads only the file chunks of the trials taken (``.isel`` with the
+    batch's trials). Anything else (dask operations after opening, release files, numpy) is kept as is.
+
+    >>> path = neuroxr.to_netcdf(neuroxr.make_scan(n_trials=40, n_neurons=10), tmp / "scan.nc")
+    >>> variable = lazily_indexed(neuroxr.open(path).responses.variable)
+    >>> variable.chunks is None, variable[{"trial": [3, 7]}].shape
+    (True, (2, 10))
+    """
+    data = variable.data
+    if not isinstance(data, dask.array.Array) or isinstance(data, WholeReadArray) or len(data.dask.layers) != 2:
+        return variable
+    originals = _original_arrays(data)
+    if len(originals) != 1 or not isinstance(originals[0], xr_indexing.ImplicitToExplicitIndexingAdapter):
+        return variable
+    array = originals[0].array
+    if isinstance(array, xr_indexing.MemoryCachedArray):
+        array = array.array  # never keep the whole variable in memory once it was read
+    if array.shape != data.shape or array.dtype != data.dtype:
+        return variable
+    return xr.Variable(variable.dims, array, variable.attrs, encoding=variable.encoding)
+
+
+def _backend_arrays(variable: xr.Variable) -> list[Any]:
+    """The backends' arrays (zarr's, netCDF4's, ...) a variable reads from: under its lazy indexing, or its dask chunks."""
+    data = variable._data if variable.chunks is None else None
+    arrays = [data] if isinstance(data, xr_indexing.ExplicitlyIndexed) else _original_arrays(variable.data)
+    found = []
+    for array in arrays:
+        while hasattr(array, "array"):
+            array = array.array
+        found.append(array)
+    return found
+
+
+def _reads_with_zarrs(array: Any) -> bool:
+    zarr_array = getattr(array, "_array", None)
+    pipeline = getattr(getattr(zarr_array, "_async_array", None), "codec_pipeline", None)
+    return type(pipeline).__module__.split(".")[0] == "zarrs"
+
+
+def _in_memory(variable: xr.Variable) -> bool:
+    """A numpy variable (asking ``variable.data`` of a lazily indexed one would read it whole)."""
+    return isinstance(variable._data, np.ndarray)
 
 
 def _is_dask(variable: xr.Variable) -> bool:

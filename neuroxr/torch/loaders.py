@@ -10,6 +10,7 @@ works whatever the fields.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -191,6 +192,8 @@ def _dataloader(
     sampler: Sampler[int] = SubsetRandomSampler(trials.tolist(), generator=generator) if shuffle else SubsetSequentialSampler(trials)
     if num_workers > 0:  # one batch ahead per worker: never more than a batch per worker in memory
         options = {"prefetch_factor": 1, **options}
+        if "multiprocessing_context" not in options and not dataset.forks_safely and multiprocessing.get_start_method() == "fork":
+            options["multiprocessing_context"] = "forkserver"  # workers that start afresh, and get the dataset pickled
     return DataLoader(
         dataset,
         batch_size=batch_size,
