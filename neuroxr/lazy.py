@@ -155,12 +155,12 @@ class TrialReader:
     def read_into(self, trials: np.ndarray, out: np.ndarray) -> None:
         """Read the files of ``trials`` into ``out`` (shape ``(len(trials), *header.shape)``, dtype :attr:`dtype`)."""
         trials = np.asarray(trials, dtype=np.int64)
-        ordered = len(trials) < 2 or bool(np.all(trials[1:] > trials[:-1]))
-        if ordered and self.dtype == self.stored_dtype:
+        distinct = len(trials) < 2 or bool(np.all(trials[1:] > trials[:-1])) or len(np.unique(trials)) == len(trials)
+        if distinct and self.dtype == self.stored_dtype:  # each file straight into its row, in any order
             self._fill(trials, out)
             for check in self.checks:
                 check(trials, out, self.files)
-        else:  # repeats, another order or a wider type: read each file once, then place the rows
+        else:  # repeats or a wider type: read each file once, then place the rows
             numbers, where = np.unique(trials, return_inverse=True)
             distinct = np.empty((len(numbers), *self.header.shape), dtype=self.stored_dtype)
             self._fill(numbers, distinct)

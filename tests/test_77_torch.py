@@ -447,3 +447,32 @@ def test_a_batch_from_netcdf_or_zarr_reads_only_the_file_chunks_of_its_trials(tm
     read = bytes_read() - before
     np.testing.assert_array_equal(batch.images.numpy(), ds.images.values[trials])
     assert read < ds.images.nbytes / 10, f"{read} bytes read for {len(trials)} of {ds.sizes['trial']} trials"
+
+
+def test_a_shuffled_batch_is_read_and_standardised_without_copies_of_itself(tmp_path: Path) -> None:
+    """The memory a batch takes is the batch: no sorted copy to reorder, no float64 copy to standardise.
+
+    In a worker the batch is read into shared memory and sent as it is, so this is what bounds the
+    memory of ``num_workers`` workers to about one batch each (with ``prefetch_factor=1``).
+    """
+    import tracemalloc
+
+    scan = write_tiny_scan(tmp_path, n_trials=300, image_shape=(1, 72, 128))
+    for name in ("images", "responses"):  # float64 statistics, as NeuroNormalizer's arithmetic then is
+        for stat in ("mean", "std"):
+            path = scan / "meta" / "statistics" / name / "all" / f"{stat}.npy"
+            np.save(path, np.load(path).astype(np.float64))
+    dataset = neuroxr_torch.static_loaders(scan, batch_size=128, seed=0)["train"].dataset
+    trials = np.random.default_rng(0).permutation(np.flatnonzero(np.load(scan / "meta/trials/tiers.npy") == "train"))[:128].tolist()
+    dataset.__getitems__(trials)  # the block pool's buffers, made once
+    tracemalloc.start()
+    try:
+        batch = dataset.__getitems__(trials)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    batch_bytes = sum(field.numel() * field.element_size() for field in batch)
+    assert peak < 0.5 * batch_bytes, f"{peak} bytes allocated for a batch of {batch_bytes}"
+    images = np.stack([np.load(scan / "data/images" / f"{trial}.npy") for trial in trials])
+    mean, std = (np.load(scan / "meta/statistics/images/all" / f"{stat}.npy") for stat in ("mean", "std"))
+    np.testing.assert_array_equal(batch.images.numpy(), ((images - mean) / std).astype(np.float32))

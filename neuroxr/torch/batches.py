@@ -89,7 +89,8 @@ class StaticPipeline:
 
     def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         values = {**raw, "responses": _neurons(raw["responses"], self.neurons, axis=-1)}
-        values = {name: _standardized(self.rules, name, values[name]) for name in self.fields}
+        rescaled = {"images"} if self.scale is not None else set()
+        values = {name: _standardized(self.rules, name, values[name], to_float32=name not in rescaled) for name in self.fields}
         values["images"] = self._images(values)
         return values
 
@@ -157,7 +158,8 @@ class VideoPipeline:
 
     def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator, trials: np.ndarray) -> dict[str, np.ndarray]:
         values = {**raw, "responses": _neurons(raw["responses"], self.neurons, axis=1)}
-        values = {name: _standardized(self.rules, name, values[name]) for name in self.fields}
+        rescaled = {"videos"} if self.scale != 1 else set()
+        values = {name: _standardized(self.rules, name, values[name], to_float32=name not in rescaled) for name in self.fields}
         lengths = self.lengths(values, trials)
         if self.max_frame is not None and self.max_frame > values["videos"].shape[-1]:
             raise DatasetError(f"max_frame={self.max_frame} is more than the {values['videos'].shape[-1]} frames of a trial")
@@ -201,18 +203,31 @@ def _neurons(responses: np.ndarray, neurons: np.ndarray, axis: int) -> np.ndarra
     return np.take(responses, neurons, axis=axis)
 
 
-def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray) -> np.ndarray:
+#: Bytes of float64 arithmetic at a time when a float32 batch is standardised in place (a few trials of release images).
+STANDARDIZE_BLOCK = 2**20
+
+
+def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray, *, to_float32: bool = False) -> np.ndarray:
     """``NeuroNormalizer`` on one field (as stored where the rule is absent: not normalised or excluded).
 
     The batch was just read into an array of its own, so the arithmetic runs in place where the result
-    keeps its dtype (the same operations, in the same order, as the official transform).
+    keeps its dtype (the same operations, in the same order, as the official transform). Where the
+    official arithmetic is wider (float32 data, float64 statistics) and the field goes to ``ToTensor``
+    as it comes out (``to_float32``), it runs a few trials at a time, each result rounded to float32
+    in place: the official batch exactly, without a float64 copy of the whole batch.
     """
     rule = rules.get(name)
     if rule is None:
         return values
     parts = [part for part in (rule.offset, rule.divisor, rule.factor) if part is not None]
-    if not values.flags.writeable or np.result_type(values, *parts) != values.dtype:
+    wide = np.result_type(values, *parts)
+    if not values.flags.writeable or (wide != values.dtype and not (to_float32 and values.dtype == np.float32 and len(values))):
         return rule.apply(values)
+    if wide != values.dtype:
+        rows = max(1, STANDARDIZE_BLOCK // (wide.itemsize * max(1, values[0].size)))
+        for start in range(0, len(values), rows):
+            values[start : start + rows] = rule.apply(values[start : start + rows])
+        return values
     if rule.offset is not None:
         np.subtract(values, rule.offset, out=values)
     if rule.divisor is not None:
