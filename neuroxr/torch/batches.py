@@ -383,10 +383,12 @@ def _original_arrays(data: Any) -> list[Any]:
 def lazily_indexed(variable: xr.Variable) -> xr.Variable:
     """``variable`` as xarray's lazily indexed array of its file, where it is just that file's array in dask chunks.
 
-    NetCDF and Zarr variables opened by neuroxr are dask arrays of whole blocks of trials: a batch of
-    random trials from them would read (and decompress) every block it touches, whole. The lazily
-    indexed array under the chunks reads only the file chunks of the trials taken (``.isel`` with the
-    batch's trials). Anything else (dask operations after opening, release files, numpy) is kept as is.
+    NetCDF variables opened by neuroxr are dask arrays of whole blocks of trials: a batch of random
+    trials from them would read (and decompress) every block it touches, whole. The lazily indexed
+    array under the chunks reads only the HDF5 chunks of the trials taken (``.isel`` with the batch's
+    trials). Zarr stores keep their dask blocks: zarr reads scattered inner chunks of a shard one by
+    one, which measured slower than decoding whole shards with zarrs. Anything else (dask operations
+    after opening, release files, numpy) is kept as is.
 
     >>> path = neuroxr.to_netcdf(neuroxr.make_scan(n_trials=40, n_neurons=10), tmp / "scan.nc")
     >>> variable = lazily_indexed(neuroxr.open(path).responses.variable)
@@ -400,6 +402,8 @@ def lazily_indexed(variable: xr.Variable) -> xr.Variable:
     if len(originals) != 1 or not isinstance(originals[0], xr_indexing.ImplicitToExplicitIndexingAdapter):
         return variable
     array = originals[0].array
+    if type(_backend_arrays(variable)[0]).__module__ == "xarray.backends.zarr":
+        return variable  # zarr reads scattered inner chunks one by one: whole shards in dask blocks are faster (benchmarks/bench_torch.py)
     if isinstance(array, xr_indexing.MemoryCachedArray):
         array = array.array  # never keep the whole variable in memory once it was read
     if array.shape != data.shape or array.dtype != data.dtype:
