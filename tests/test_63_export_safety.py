@@ -9,6 +9,7 @@ exports win, and leaves nothing a later open or export stumbles on when it is ki
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
@@ -290,6 +291,22 @@ def test_a_device_that_fills_up_mid_write_leaves_nothing(tmp_path: Path) -> None
             assert output.startswith("28 ") and str(targets[fmt]) in output, (fmt, output)
             assert "no space left" in output or "not enough space" in output, (fmt, output)
         assert entries(small) == ["keep.txt"]
+
+
+def test_a_device_that_is_already_full_is_named_by_every_export(tmp_path: Path, scan) -> None:
+    """Not one block free: the first write of an export (its lock file) already fails, and says where."""
+    with small_filesystem(tmp_path / "full", "64k") as full:
+        (full / "keep.txt").write_text("mine")
+        with contextlib.suppress(OSError), (full / "filler").open("wb") as filler:
+            while True:
+                filler.write(b"\0" * 4096)
+                filler.flush()
+        for fmt, (write, suffix) in WRITERS.items():
+            target = full / f"out{suffix}"
+            with pytest.raises(OSError) as caught:
+                write(scan.isel(trial=slice(0, 5)), target)
+            assert caught.value.errno == errno.ENOSPC and str(target) in str(caught.value), (fmt, caught.value)
+        assert entries(full) == ["filler", "keep.txt"]
 
 
 def test_a_read_only_target_is_one_clear_error(tmp_path: Path, scan) -> None:

@@ -334,8 +334,14 @@ def export_lock(target: Path) -> Iterator[None]:
             break
         os.close(fd)
     try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # a full device fails here, before any data is written
+        except OSError as error:
+            explained = explain_write_error(error, target)
+            if explained is error:
+                raise
+            raise explained from error
         clean_leftovers(target)
         yield
     finally:
