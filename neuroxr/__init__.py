@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from neuroxr.errors import (
     DatasetError,
+    MetadataError,
     MissingExtraError,
     NeuroxrError,
     RemoteError,
@@ -55,6 +56,7 @@ _SUBMODULES = {
 }
 _ERRORS = [
     "DatasetError",
+    "MetadataError",
     "MissingExtraError",
     "NeuroxrError",
     "RemoteError",

@@ -136,6 +136,8 @@ def _convert(args: argparse.Namespace) -> int:
 
     dest = Path(args.dest)
     kind = args.to or _kind_of(dest)
+    if args.metadata is not None and kind != "nwb":
+        raise SystemExit(f"neuroxr: --metadata is for NWB targets; {dest} is a {kind} target")
     obj = neuroxr.open(args.src, **opening_options(args, args.src))
     started = time.perf_counter()
     if kind == "nc":
@@ -149,7 +151,7 @@ def _convert(args: argparse.Namespace) -> int:
     elif kind == "nwb":
         from neuroxr.formats.nwb import to_nwb
 
-        written = to_nwb(obj, dest, overwrite=args.overwrite, progress=not args.quiet)
+        written = to_nwb(obj, dest, metadata=args.metadata, overwrite=args.overwrite, progress=not args.quiet)
     elif kind in ("folder", "zip"):
         from neuroxr.formats.release import to_folder
 
@@ -212,6 +214,7 @@ def parser() -> argparse.ArgumentParser:
     convert.add_argument("dest", help="target; its suffix picks the format: .nc .zarr .nwb .zip, none = release folder")
     convert.add_argument("--to", choices=["nc", "zarr", "nwb", "zip", "folder"], help="format, when DEST has no telling suffix")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing target")
+    convert.add_argument("--metadata", metavar="FILE", help="NWB only: a YAML or JSON file of NWBFile, Subject and Ophys fields")
     convert.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     convert.set_defaults(run=_convert)
 

@@ -6,6 +6,7 @@ Each names where the problem is and says what was expected and what was found:
 - :class:`RemoteError`: a scan behind a URL cannot be read as it was opened (a ``ScanError``; its
   ``reason`` says which of not found, refused, timed out, unauthorised, bad response, changed);
 - :class:`DatasetError`: a Dataset handed to neuroxr lacks what the operation needs (no file is at fault);
+- :class:`MetadataError`: a metadata file (or mapping) for an export holds what it may not;
 - :class:`TargetExistsError`: an export target exists and overwriting was not asked for, or it is
   not a previous output of the same kind (which neuroxr never replaces);
 - :class:`TargetBusyError`: another export is writing the same target right now;
@@ -61,6 +62,23 @@ REMOTE_REASONS = ("not found", "refused", "timed out", "unauthorised", "bad resp
 
 class DatasetError(NeuroxrError, ValueError):
     """A Dataset lacks what an operation needs (a variable, a coordinate, a dimension)."""
+
+
+class MetadataError(NeuroxrError, ValueError):
+    """A metadata file for an export is unreadable or holds an unknown or ill-shaped entry.
+
+    ``path`` is the file (or ``"metadata"`` for a mapping), ``key`` the dotted key at fault (None
+    when the whole file is).
+
+    >>> str(MetadataError("session.yaml", "Subject.colour", "unknown field"))
+    'session.yaml: Subject.colour: unknown field'
+    """
+
+    def __init__(self, path: object, key: str | None, problem: str) -> None:
+        self.path = str(path)
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{self.path}: {key}: {problem}" if key else f"{self.path}: {problem}")
 
 
 class TargetExistsError(NeuroxrError, FileExistsError):

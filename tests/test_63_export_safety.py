@@ -399,10 +399,8 @@ def test_crafted_files_never_write_outside_the_target(tmp_path: Path, scan, carr
 def _rename_in_nwb_mapping(path: Path, old: str, new: str) -> None:
     """Rename a variable in the mapping document an NWB file carries (what a crafted file could say)."""
     with h5py.File(path, "r+") as file:
-        document = json.loads(file["scratch/neuroxr_layout"][()])
-        text = json.dumps(document).replace(f'"{old}"', f'"{new}"')
-        del file["scratch/neuroxr_layout"]
-        file["scratch/neuroxr_layout"] = text
+        document = json.loads(file["general/neuroxr_layout/document"][()])
+        file["general/neuroxr_layout/document"][()] = json.dumps(document).replace(f'"{old}"', f'"{new}"')
 
 
 def test_crafted_tree_names_never_name_files_outside_an_nwb_folder(tmp_path: Path, scan) -> None:

@@ -146,8 +146,8 @@ def test_the_video_demo_info_validate_plot_and_convert(tmp_path: Path, capsys: p
     xr.testing.assert_identical(neuroxr.open(tmp_path / "scan.zarr").load(), ds.load())
     assert main(["convert", "-q", str(archive), str(tmp_path / "copy")]) == 0
     assert fingerprint(tmp_path / "copy") == fingerprint(folder)  # the release layout again, byte for byte
-    assert main(["convert", "-q", str(archive), str(tmp_path / "scan.nwb")]) == 2
-    assert "NWB export of video scans is not supported yet" in capsys.readouterr().err
+    assert main(["convert", "-q", str(archive), str(tmp_path / "scan.nwb")]) == 0
+    xr.testing.assert_identical(neuroxr.open(tmp_path / "scan.nwb").load(), ds.load())
     pytest.importorskip("matplotlib")
     assert main(["plot", str(archive), "-o", str(tmp_path / "video.png")]) == 0
     assert (tmp_path / "video.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

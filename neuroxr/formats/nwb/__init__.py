@@ -1,9 +1,10 @@
 """NWB export and import of scans: ``to_nwb`` writes one NWB 2 (HDF5) file per scan, ``open_nwb`` reads it back.
 
 The files use the core NWB types tools understand (PlaneSegmentation, RoiResponseSeries, Images +
-IndexSeries, PupilTracking, BehavioralTimeSeries, EyeTracking, the trials table); what NWB has no
-place for is kept in a JSON mapping document in ``/scratch``, so that ``open_nwb`` returns a Dataset
-identical to the one written. The mapping and its reasons are in ``docs/nwb.md``; the writer is
+IndexSeries or, for a video scan, an ImageSeries, PupilTracking, BehavioralTimeSeries, EyeTracking,
+the trials table, DynamicTables of the statistics); what NWB has no place for is kept in a JSON
+mapping document (``/general/neuroxr_layout``), so that ``open_nwb`` returns a Dataset identical to
+the one written. The mapping and its reasons are in ``docs/nwb.md``; the writer is
 :mod:`~neuroxr.formats.nwb.write`, the reader :mod:`~neuroxr.formats.nwb.read`, the names they share
 :mod:`~neuroxr.formats.nwb.mapping`. A DataTree of scans becomes a folder of files, one per scan.
 """
@@ -18,40 +19,50 @@ from typing import Any
 
 import xarray as xr
 
-from neuroxr import datamodel
 from neuroxr.errors import DatasetError
 from neuroxr.formats._prepare import data_sources, node_datasets, uncompressed_bytes
 from neuroxr.formats._write import OutputKind, Progress, is_hdf5_file, output_name, visible_entries, write_atomically
 from neuroxr.formats.nwb.mapping import NWB_SUFFIX, json_attrs
 from neuroxr.formats.nwb.read import open_nwb_file
-from neuroxr.formats.nwb.write import ExportOptions, write_nwb_file
+from neuroxr.formats.nwb.metadata import load_metadata
+from neuroxr.formats.nwb.write import (
+    DEFAULT_COMPRESSION,
+    ExportOptions,
+    is_video_scan,
+    streamed_variables,
+    write_nwb_file,
+)
 
 
 def to_nwb(
     data: xr.Dataset | xr.DataTree,
     path: str | os.PathLike[str],
     *,
+    metadata: str | os.PathLike[str] | Mapping[str, Any] | None = None,
     subject: Mapping[str, Any] | Any = None,
     session: Mapping[str, Any] | None = None,
     imaging: Mapping[str, Any] | None = None,
     stimulus_duration: float = 0.5,
     trial_period: float = 1.0,
-    compression: str | None = None,
+    trial_gap: float = 1.0,
+    compression: str | None = DEFAULT_COMPRESSION,
     compression_level: int | None = 1,
     overwrite: bool = False,
     progress: bool = False,
 ) -> Path:
     """Write a scan to one NWB file, or a DataTree of scans to a folder of ``<scan>.nwb`` files.
 
-    ``subject`` holds ``pynwb.file.Subject`` fields (or is a Subject); the defaults say what the
-    release knows (``subject_id`` from ``animal_id``, ``species="Mus musculus"``) and mark the rest
-    unknown (``sex="U"``, ``age="P0D/"``). ``session`` holds NWBFile fields (``session_start_time``,
-    ``identifier``, ``experimenter``, ``institution``, ...); ``imaging`` the microscope fields
-    (``indicator``, ``excitation_lambda``, ``emission_lambda`` in nm, ``location``,
-    ``device_description``). Trial times come from ``frame_trial_ts``; without it trial k starts at
-    ``k * trial_period`` s. Trials last ``stimulus_duration`` s in the trials table. ``compression``
-    is ``"gzip"`` (level ``compression_level``), ``"lzf"`` or None. The file is written under a
-    temporary name and renamed at the end; an existing target needs ``overwrite=True``.
+    ``metadata`` is a metadata file (YAML or JSON, or its content as a mapping) in neuroconv's shape:
+    ``NWBFile`` fields, ``Subject`` fields, ``Ophys`` (``Device``, ``ImagingPlane`` with its
+    ``optical_channel``); ``subject``, ``session`` and ``imaging`` (flat microscope fields:
+    ``indicator``, ``excitation_lambda``, ``emission_lambda`` in nm, ``location``, ``imaging_rate``,
+    ``device_description``, ...) win over it, and both over the defaults, which say what the release
+    knows and label the rest unknown or guessed. Static scans: trial times come from
+    ``frame_trial_ts`` (without it trial k starts at ``k * trial_period`` s); trials last
+    ``stimulus_duration`` s. Video scans: every frame at the frame rate, ``trial_gap`` s between
+    trials. ``compression`` is ``"gzip"`` (level ``compression_level``, the default), ``"lzf"`` or
+    None. The file is written under a temporary name and renamed at the end; an existing target
+    needs ``overwrite=True``.
 
     >>> ds = neuroxr.make_scan(n_trials=60, n_neurons=20)
     >>> path = neuroxr.to_nwb(ds, tmp / "30001-2-3.nwb", subject={"age": "P12W/P16W"})
@@ -62,8 +73,10 @@ def to_nwb(
         subject=subject,
         session=session,
         imaging=imaging,
+        metadata=None if metadata is None else load_metadata(metadata),
         stimulus_duration=stimulus_duration,
         trial_period=trial_period,
+        trial_gap=trial_gap,
         compression=compression,
         compression_level=compression_level,
         progress=progress,
@@ -71,6 +84,12 @@ def to_nwb(
     description = f"writing {Path(path).name}"
     if isinstance(data, xr.DataTree):
         scans = _tree_scans(data)
+        if Path(path).suffix == NWB_SUFFIX:
+            raise DatasetError(
+                f"to_nwb: a DataTree of {len(scans)} scans is written as a folder of <scan>.nwb files; expected a "
+                f"folder name without the {NWB_SUFFIX} suffix, found {Path(path).name} (write one scan, "
+                f"e.g. tree[{next(iter(scans))!r}].to_dataset(), to get one file)"
+            )
         tree_attrs = json_attrs(data.attrs)
         kind = NWB_FOLDER
 
@@ -90,9 +109,19 @@ def to_nwb(
 
     else:
         raise TypeError(f"to_nwb: expected an xarray.Dataset or xarray.DataTree, found {type(data).__name__}")
-    _refuse_video_scans(data)
-    needed = None if compression else uncompressed_bytes(node_datasets(data))
+    needed = _needed_bytes(data, compression)
     return write_atomically(path, write, kind=kind, sources=data_sources(data), overwrite=overwrite, needed_bytes=needed)
+
+
+def _needed_bytes(data: xr.Dataset | xr.DataTree, compression: str | None) -> int:
+    """The free space an export needs: every variable's bytes uncompressed; compressed, at least the
+    raw spill of the streamed per-trial arrays (written beside the target when they are reordered)."""
+    nodes = node_datasets(data)
+    if not compression:
+        return uncompressed_bytes(nodes)
+    return sum(
+        int(ds[name].nbytes) for ds in nodes.values() for name in streamed_variables(ds, is_video_scan(ds))
+    )
 
 
 def is_nwb_folder(path: Path) -> bool:
@@ -103,18 +132,6 @@ def is_nwb_folder(path: Path) -> bool:
 #: What ``overwrite=True`` may replace: an NWB file; for a DataTree, a folder of NWB files only.
 NWB_FILE = OutputKind("an NWB file", folder=False, recognise=is_hdf5_file)
 NWB_FOLDER = OutputKind("a folder of NWB files", folder=True, recognise=is_nwb_folder)
-
-
-def _refuse_video_scans(data: xr.Dataset | xr.DataTree) -> None:
-    """NWB export of 2023 video scans is not written yet: say so before anything is written."""
-    for where, ds in node_datasets(data).items():
-        kind = datamodel.kind_of([*ds.variables, *ds.dims], ds.attrs)
-        if kind.time_dim is not None and kind.time_dim in ds.dims:
-            scan = ds.attrs.get("scan", where)
-            raise DatasetError(
-                f"to_nwb: scan {scan} is a video scan ({kind.format}); NWB export of video scans is not "
-                "supported yet: export it with neuroxr.to_netcdf or neuroxr.to_zarr"
-            )
 
 
 def _tree_scans(tree: xr.DataTree) -> dict[str, xr.Dataset]:

@@ -1,6 +1,6 @@
 """NWB reading: a file written by ``to_nwb`` back into the identical, lazy Dataset.
 
-The reader follows the mapping document the writer left in ``/scratch/neuroxr_layout`` (where each
+The reader follows the mapping document the writer left in ``/general/neuroxr_layout`` (where each
 variable lives, its dtype, dims and attributes) and reads with h5py alone, which is much faster
 than building pynwb's object tree. Labels, coordinates and statistics are read at once; per-trial
 data variables become dask arrays over small picklable wrappers that hold the file's path (never an
@@ -144,6 +144,35 @@ class StoredImages(_Rows):
                 _rows_token(self.image_of_trial))  # fmt: skip
 
 
+class StoredFrames(_Rows):
+    """A per-trial array of a video scan, time last, rebuilt from series whose samples are the trials'
+    frames end to end (one dataset, or several side by side, one per column); NaN after each trial's end.
+
+    ``trial_samples[i]`` is where Dataset trial i's frames start in the series, ``n_frames[i]`` how many.
+    """
+
+    def __init__(self, path: str, datasets: Sequence[str], trial_samples: np.ndarray, n_frames: np.ndarray,
+                 shape: Sequence[int], dtype: np.dtype) -> None:  # fmt: skip
+        super().__init__(path, shape, dtype)
+        self.datasets = tuple(datasets)
+        self.trial_samples = np.asarray(trial_samples, dtype=np.int64)
+        self.n_frames = np.asarray(n_frames, dtype=np.int64)
+
+    def _read(self, file: Any, rows: np.ndarray) -> np.ndarray:
+        out = np.full((len(rows), *self.shape[1:]), np.nan, dtype=self.dtype)
+        datasets = [file[name] for name in self.datasets]
+        for position, row in enumerate(rows.tolist()):
+            first, length = int(self.trial_samples[row]), int(self.n_frames[row])
+            parts = [np.asarray(dataset[first : first + length]) for dataset in datasets]
+            samples = parts[0] if len(parts) == 1 else np.stack(parts, axis=1)
+            out[position, ..., :length] = np.moveaxis(samples, 0, -1)
+        return out
+
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        return (type(self).__name__, _file_token(self.path), self.datasets, self.shape, self.dtype.str,
+                _rows_token(self.trial_samples))  # fmt: skip
+
+
 def _file_token(path: str) -> tuple[str, int, int]:
     stat = os.stat(path)
     return (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
@@ -191,11 +220,13 @@ def _chunk_rows(document: Mapping[str, Any], chunks: int | Mapping[str, int] | N
     return rows
 
 
-def _eager(file: Any, store: Mapping[str, Any], dtype: np.dtype, rows: np.ndarray | None) -> np.ndarray:
+def _eager(
+    file: Any, store: Mapping[str, Any], dtype: np.dtype, shape: Sequence[int], rows: np.ndarray | None
+) -> np.ndarray:
     data = np.asarray(_as_text(file[store["path"]], dtype)[()])
     if store.get("trial_rows") and rows is not None:
         data = data[rows]
-    return data.astype(dtype, copy=False)
+    return data.astype(dtype, copy=False).reshape(shape)  # statistics tables hold (subset x statistic) rows
 
 
 def _values(store: Mapping[str, Any], dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
@@ -222,9 +253,9 @@ def open_nwb_file(
     with file:
         document = mapping.load_mapping(file, path)
         entries = document["variables"]
-        stored_ids = np.asarray(file[f"{mapping.TRIALS_PATH}/id"][()])
-        if document["dataset_rows"] == "sorted_ids":
-            rows = np.argsort(stored_ids, kind="stable")
+        if document["dataset_rows"] in ("sorted_file_numbers", "sorted_ids"):  # "sorted_ids": version 1 files
+            column = "file_number" if document["dataset_rows"] == "sorted_file_numbers" else "id"
+            rows = np.argsort(np.asarray(file[f"{mapping.TRIALS_PATH}/{column}"][()]), kind="stable")
         else:
             rows = np.asarray(document["dataset_rows"], dtype=np.int64)
         row_map = None if np.array_equal(rows, np.arange(len(rows))) else rows
@@ -238,6 +269,14 @@ def open_nwb_file(
             lazy = name in document["data_vars"] and dims[:1] == ["trial"]
             if kind == "values":
                 data: Any = _values(store, dtype, shape)
+            elif kind == "constant":
+                data = np.full(shape, store["value"], dtype=dtype)
+            elif kind == "frames":
+                n_frames_rows = np.asarray(file[store["n_frames"]][()], dtype=np.int64)  # NWB row order
+                starts = np.concatenate(([0], np.cumsum(n_frames_rows)[:-1]))
+                datasets = store["paths"] if "paths" in store else [store["path"]]
+                array = StoredFrames(str(path), datasets, starts[rows], n_frames_rows[rows], shape, dtype)
+                data = _dask(array, chunk_rows, name)
             elif kind == "absent":
                 data = da.full(shape, np.nan, dtype=dtype, chunks=(chunk_rows, *shape[1:]))
             elif kind == "images":
@@ -264,7 +303,7 @@ def open_nwb_file(
                 else:
                     data = _dask(array, chunk_rows, name)
             else:
-                data = _eager(file, store, dtype, row_map)
+                data = _eager(file, store, dtype, shape, row_map)
             variables[name] = xr.Variable(dims, data, entry["attrs"])
     coords = {name: variables[name] for name in document["coords"]}
     data_vars = {name: variables[name] for name in document["data_vars"]}

@@ -1,6 +1,7 @@
 """Streaming the big arrays of a scan into NWB: rows served in any order (forward from a
-:class:`~neuroxr.formats._write.BlockStream`, or spilled to a raw scratch file), and the hdmf data
-chunk iterator that feeds them to pynwb.
+:class:`~neuroxr.formats._write.BlockStream`, or spilled to a raw scratch file), the frames of
+video-scan trials laid end to end (:class:`FrameRows`), and the hdmf data chunk iterator that feeds
+them to pynwb.
 """
 
 from __future__ import annotations
@@ -97,6 +98,71 @@ class BackgroundRows:
         self._pool.shutdown(wait=True)
         if self._future.exception() is None:
             self._future.result().close()
+
+
+class ArrayRows:
+    """Rows of an array held in memory, in any order."""
+
+    def __init__(self, values: np.ndarray) -> None:
+        self.values = values
+        self.shape = values.shape
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        return self.values[rows]
+
+    def close(self) -> None:
+        pass
+
+
+class FrameRows:
+    """The samples of a video scan's variable on one time axis: the frames ``[0:n_frames]`` of each
+    trial (time last in the Dataset, first here), trials one after the other.
+
+    ``trials`` serves Dataset trial rows (a :class:`ForwardRows`, or a spill for any order); NWB
+    trial k is Dataset trial ``order[k]`` (k itself when ``order`` is None), ``n_frames[k]`` frames
+    long. A trial holding values after its end (where the release pads with NaN) is refused, so that
+    leaving the padding out loses nothing.
+
+    >>> import dask.array as da
+    >>> values = np.arange(12.0).reshape(2, 2, 3)  # 2 trials, 2 columns, 3 frames
+    >>> values[0, :, 2] = np.nan
+    >>> rows = FrameRows(ForwardRows(BlockStream(da.from_array(values, chunks=1))), None, np.array([2, 3]), "x")
+    >>> rows.shape, rows.get(np.arange(1, 4)).tolist()
+    ((5, 2), [[1.0, 4.0], [6.0, 9.0], [7.0, 10.0]])
+    """
+
+    def __init__(self, trials: Any, order: np.ndarray | None, n_frames: np.ndarray, name: str) -> None:
+        self.trials = trials
+        self.order = order
+        self.n_frames = np.asarray(n_frames, dtype=np.int64)
+        self.offsets = np.concatenate(([0], np.cumsum(self.n_frames)))
+        self.name = name
+        trial_shape = tuple(trials.shape)
+        self.shape = (int(self.offsets[-1]), *trial_shape[1:-1])
+
+    def get(self, rows: np.ndarray) -> np.ndarray:
+        start, stop = int(rows[0]), int(rows[-1]) + 1
+        first = int(np.searchsorted(self.offsets, start, side="right")) - 1
+        last = int(np.searchsorted(self.offsets, stop - 1, side="right")) - 1
+        wanted = np.arange(first, last + 1)
+        block = self.trials.get(wanted if self.order is None else self.order[wanted])
+        parts = []
+        for position, k in enumerate(wanted.tolist()):
+            trial = block[position]
+            length = int(self.n_frames[k])
+            padding = trial[..., length:]
+            if padding.size and not (padding.dtype.kind == "f" and np.isnan(padding).all()):
+                raise ValueError(
+                    f"to_nwb: {self.name} of NWB trial {k} holds values after its n_frames={length}; "
+                    "expected NaN padding there (the padding is left out of the file)"
+                )
+            parts.append(np.moveaxis(trial[..., :length], -1, 0))
+        samples = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        begin = start - int(self.offsets[first])
+        return samples[begin : begin + (stop - start)]
+
+    def close(self) -> None:
+        self.trials.close()
 
 
 @functools.cache
