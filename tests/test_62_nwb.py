@@ -227,6 +227,7 @@ def test_units_descriptions_and_no_repeated_subject_facts(written: Written) -> N
             assert nwbfile.lab_meta_data["neuroxr_layout"].document.startswith('{"format":"neuroxr-nwb"')
         with h5py.File(path, "r") as file:
             assert "scratch" not in file  # statistics and the mapping document have homes of their own
+            assert "ndx-neuroxr" in file["specifications"]  # the extension travels with the file
 
 
 def test_plain_pynwb_sees_rois_trials_images_and_behaviour(written: Written) -> None:
