@@ -208,11 +208,13 @@ class TrialReader:
         length, wanted = len(expected), self.header.file_bytes
         count = len(numbers)
         headers = np.empty((count, length), dtype=np.uint8)
-        payloads = out.reshape(count, -1).view(np.uint8) if out.nbytes else None
-        buffers = []
-        for row in range(count):
-            header = memoryview(headers[row])
-            buffers.append([header, memoryview(payloads[row])] if payloads is not None else [header])
+        heads = memoryview(headers.reshape(-1))  # slices of flat byte views: no numpy row object per file
+        step = out.nbytes // max(1, count)
+        if step:
+            rows = memoryview(out.reshape(-1).view(np.uint8))  # ``out`` is C-contiguous (a new block, or rows of one)
+            buffers = [[heads[row * length : (row + 1) * length], rows[row * step : (row + 1) * step]] for row in range(count)]
+        else:
+            buffers = [[heads[at : at + length]] for at in range(0, count * length, length)]
         numbers_list = numbers.tolist()
         if self.fast:
             got = np.asarray(self.files.read_into(numbers_list, buffers), dtype=np.int64)

@@ -406,3 +406,41 @@ def test_process_wide_thread_pools_are_made_anew_in_a_forked_child() -> None:
     child.start()
     child.join(timeout=30)
     assert child.exitcode == 0 and queue.get(timeout=1) == child.pid
+
+
+# ----------------------------------------------------------------------------------------------
+# regression guard that times nothing: one read system call per file or member
+
+
+def _read_calls() -> int:
+    """Read system calls (read, pread, preadv, ...) this thread has made so far (Linux' per-thread I/O accounting)."""
+    with open("/proc/thread-self/io") as accounting:
+        return int(next(line.split()[1] for line in accounting if line.startswith("syscr")))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/thread-self/io"), reason="no per-thread I/O accounting here")
+@pytest.mark.parametrize("kind", ["folder", "stored", "deflated"])
+def test_read_into_makes_one_read_call_per_file_or_member(tmp_path: Path, kind: str) -> None:
+    """A zip member's local header is read with its data (one ``preadv``), a file with its folder opened once per batch;
+    members whose extra fields differ in length from the one before are read again from where their data starts."""
+    n, data = 60, [npy(np.full(300 + k % 3, k, np.float32)) for k in range(60)]
+    if kind == "folder":
+        (tmp_path / "s" / "data" / "x").mkdir(parents=True)
+        for k, payload in enumerate(data):
+            (tmp_path / "s" / "data" / "x" / f"{k}.npy").write_bytes(payload)
+        series = FolderSource(tmp_path / "s").numbered("data/x", n, ".npy")
+    else:
+        with zipfile.ZipFile(tmp_path / "a.zip", "w", METHODS[kind]) as archive:
+            for k, payload in enumerate(data):
+                info = zipfile.ZipInfo(f"s/data/x/{k}.npy")
+                info.compress_type = METHODS[kind]
+                if k >= n - 2:  # the last two members: local extra fields of another length than the rest's
+                    info.extra = struct.pack("<HH", 0xCAFE, 4 * (k % 2 + 1)) + bytes(4 * (k % 2 + 1))
+                archive.writestr(info, payload)
+        series = ZipSource(tmp_path / "a.zip").within("s/").numbered("data/x", n, ".npy")
+    buffers = [bytearray(len(payload)) for payload in data]
+    before = _read_calls()
+    sizes = series.read_into(list(range(n)), [[memoryview(buffer)] for buffer in buffers])
+    calls = _read_calls() - before - 1  # the accounting file's own read
+    assert [bytes(buffer) for buffer in buffers] == data and sizes == [len(payload) for payload in data]
+    assert calls == n + (2 if kind != "folder" else 0), f"{calls} read calls for {n} files"

@@ -285,19 +285,24 @@ def _parse_central(central: bytes, entries: int, concat: int, data_end: int, lab
             raise struct.error("a zip64 member without its zip64 extra field")
         tree: dict[str, dict[str, int]] = {}
         keep, name_crcs = [], []
-        utf8 = (fields["flags"] & _UTF8).tolist()
-        for row, (start, length) in enumerate(zip(name_starts, name_lengths.tolist())):
-            raw_name = central[start : start + length]
-            name = _decode_name(raw_name, utf8[row])
+        raw_names = [central[start : start + length] for start, length in zip(name_starts, name_lengths.tolist())]
+        names = _decode_names(raw_names, fields["flags"])
+        crc, files, folder_of_files = zlib.crc32, None, None
+        for row, name in enumerate(names):
             if name.endswith("/"):
                 if name.endswith(".npy/") and not is_ignored(name):
                     tree.setdefault(name[:-1], {})
                 continue
             if not is_ignored(name):
                 folder, _, file = name.rpartition("/")
-                tree.setdefault(folder, {})[file] = len(keep)
+                if folder != folder_of_files:  # members of one folder come together: one lookup per folder
+                    files = tree.get(folder)
+                    if files is None:
+                        files = tree[folder] = {}
+                    folder_of_files = folder
+                files[file] = len(keep)  # type: ignore[index]
             keep.append(row)
-            name_crcs.append(zlib.crc32(raw_name))
+            name_crcs.append(crc(raw_names[row]))
     except (struct.error, UnicodeDecodeError) as error:
         raise ScanError(label, f"not a readable zip archive ({error})") from error
     kept = np.asarray(keep, dtype=np.int64)
@@ -342,6 +347,15 @@ def _entry_starts(central: bytes, label: str) -> np.ndarray:
         problem = "an entry runs past its end" if at > total else f"{total - at} bytes after its last entry are no entry"
         raise ScanError(label, f"not a readable zip archive (the central directory is corrupt: {problem})")
     return np.asarray(starts, dtype=np.int64)
+
+
+def _decode_names(raw_names: list[bytes], flags: np.ndarray) -> list[str]:
+    """Every member's name (see :func:`_decode_name`): all at once where they are plain ASCII without line breaks."""
+    joined = b"\n".join(raw_names)
+    if joined.isascii() and joined.count(b"\n") == max(0, len(raw_names) - 1):
+        return joined.decode("ascii").split("\n") if raw_names else []
+    utf8 = (flags & _UTF8).tolist()
+    return [_decode_name(raw, flag) for raw, flag in zip(raw_names, utf8)]
 
 
 def _decode_name(raw: bytes, utf8: int) -> str:
