@@ -395,3 +395,36 @@ def test_a_video_scan_without_its_time_axis(dynamic_folder: Path) -> None:
         path = dynamic_folder / "data" / "pupil_center" / f"{trial}.npy"
         np.save(path, np.load(path)[:, 0])
     expect_scan_error(dynamic_folder, "data/pupil_center/0.npy", "expected 2 axes (pupil_axis, frame)", "time axis last")
+
+
+def test_the_frame_count_check_agrees_with_each_videos_first_nan_frame_exactly(tmp_path: Path) -> None:
+    """The check of a block (a reduction over the frames kept, exact where it cannot tell) refuses exactly the
+    trials whose first NaN frame differs from ``n_frames``: a lone NaN pixel early on, infinities, no padding."""
+    from neuroxr.layout.frames import FrameCountCheck, first_nan_frames
+    from neuroxr.sources import FolderFiles
+
+    rng = np.random.default_rng(7)
+    files = FolderFiles(str(tmp_path), ".npy")
+    for _ in range(40):
+        block = rng.random((5, 3, 4, 10), dtype=np.float32)
+        lengths = rng.integers(0, 11, 5)
+        for row, length in enumerate(lengths):
+            block[row, ..., length:] = np.nan
+        row = int(rng.integers(5))
+        if rng.random() < 0.5:  # a NaN pixel inside a trial, or an infinity that is no padding
+            block[row, rng.integers(3), rng.integers(4), rng.integers(10)] = np.nan if rng.random() < 0.5 else -np.inf
+        claimed = lengths.copy()
+        if rng.random() < 0.3:
+            claimed[row] = rng.integers(0, 11)
+        truth = first_nan_frames(block)
+        check = FrameCountCheck(claimed, "row 0 of data/behavior/<trial>.npy")
+        if np.array_equal(truth, claimed):
+            check(np.arange(5), block, files)
+        else:
+            first = int(np.flatnonzero(truth != claimed)[0])
+            with pytest.raises(neuroxr.ScanError, match=f"first NaN frame is {truth[first]}, but n_frames is {claimed[first]}"):
+                check(np.arange(5), block, files)
+    integers = np.ones((2, 3, 10), np.int16)
+    FrameCountCheck(np.array([10, 10]), "x")(np.arange(2), integers, files)
+    with pytest.raises(neuroxr.ScanError, match="first NaN frame is 10, but n_frames is 4"):
+        FrameCountCheck(np.array([10, 4]), "x")(np.arange(2), integers, files)

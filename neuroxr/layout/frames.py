@@ -51,6 +51,25 @@ def first_nan_frames(block: np.ndarray) -> np.ndarray:
     return np.where(missing.any(axis=1), missing.argmax(axis=1), n_frames).astype(np.int64)
 
 
+def _disagreeing(block: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """The rows of ``block`` (trial, ..., frame) whose first NaN frame may not be ``expected``: a superset, checked exactly after.
+
+    A trial agrees when the minimum of its first ``expected`` frames is finite (NaN propagates,
+    so none of them holds a NaN) and frame ``expected`` holds a NaN: a reduction over the frames
+    kept, cheaper than finding every frame's first NaN. An infinite value makes the row doubtful.
+    """
+    n_trials, n_frames = block.shape[0], block.shape[-1]
+    if block.dtype.kind != "f" or block.size == 0:
+        return np.ones(n_trials, dtype=bool)
+    frames = block.reshape(n_trials, -1, n_frames)
+    doubtful = np.zeros(n_trials, dtype=bool)
+    for row, length in enumerate(expected.tolist()):
+        kept = frames[row, :, :length]
+        if (length and not np.isfinite(kept.min())) or (length < n_frames and not np.isnan(frames[row, :, length]).any()):
+            doubtful[row] = True
+    return doubtful
+
+
 def row_zero_first_nan(files: NumberedFiles, header: NpyHeader, n_trials: int) -> np.ndarray:
     """The first NaN along the last axis of row 0 (``array[0, ..., 0, :]``) of every numbered file.
 
@@ -120,8 +139,10 @@ class FrameCountCheck:
         if not fresh.any():
             return
         trials, block = trials[fresh], block[fresh] if not fresh.all() else block
-        found = first_nan_frames(block)
         expected = self.n_frames[trials]
+        doubtful = _disagreeing(block, expected)
+        found = np.array(expected)
+        found[doubtful] = first_nan_frames(block[doubtful])
         wrong = np.flatnonzero(found != expected)
         if len(wrong):
             row = int(wrong[0])
