@@ -9,9 +9,11 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import write_tiny_scan, zip_scan
 
 import neuroxr
 
@@ -130,3 +132,15 @@ def test_importing_the_package_or_the_cli_loads_nothing_heavy(statement: str) ->
 def test_the_heavy_imports_happen_on_first_use() -> None:
     modules = _modules_after("import neuroxr; neuroxr.open_scan")
     assert "neuroxr.opening" in modules and "xarray" in modules
+
+
+#: Packages that opening a scan folder and reading it must not import (each costs a fresh process a fraction of a second).
+NOT_FOR_READING = ("pynwb", "hdmf", "zarr", "netCDF4", "h5py", "torch", "fsspec")
+
+
+def test_opening_and_reading_a_scan_imports_no_format_library(tmp_path: Path) -> None:
+    """A deflated zip (the folder's path and the zip reader's) opened and read in a fresh process."""
+    path = zip_scan(write_tiny_scan(tmp_path, n_trials=8, n_neurons=5), tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)
+    modules = _modules_after(f"import neuroxr; ds = neuroxr.open_scan({str(path)!r}); ds.images.values, ds.responses.mean().values")
+    loaded = sorted({name.split(".")[0] for name in modules} & set(NOT_FOR_READING))
+    assert not loaded, f"open_scan and a read import {loaded}"
