@@ -21,7 +21,7 @@ from neuroxr import chunking, datamodel
 from neuroxr.layout import ScanLayout, stored_std_all_zero
 from neuroxr.layout.frames import FrameCountCheck, FrameCounts
 from neuroxr.layout.withheld import StoredZerosCheck, holds_only_zeros
-from neuroxr.lazy import BlockCheck, TrialReader, TrialStackArray
+from neuroxr.lazy import BlockCheck, FileGridArray, TrialReader, TrialStackArray
 
 
 def _data_dims(kind: datamodel.ReleaseKind, name: str, shape: tuple[int, ...], n_frames: int | None) -> tuple[str, ...]:
@@ -45,11 +45,16 @@ def _competition(layout: ScanLayout) -> bool:
     return hashed or (tiers is not None and bool(np.isin("final_test", tiers)))
 
 
+#: Payload bytes of a test tier's first responses looked at before it is read whole (only zeros there: read it whole).
+ZEROS_PROBE = 2**16
+
+
 def withheld_trials(layout: ScanLayout) -> np.ndarray:
     """Trials whose responses the release withholds (zeros on disk), by the rule of the scan's kind.
 
     2022: the test and final_test trials of a competition scan. 2023: the trials of each test tier
-    whose first trial holds only zeros (and NaN padding); the others are checked as they are read.
+    whose first trial holds only zeros (and NaN padding): its first :data:`ZEROS_PROBE` bytes are read
+    first, and only where they hold only zeros the whole trial; the others are checked as they are read.
     """
     none = np.zeros(layout.n_trials, dtype=bool)
     tiers = layout.trials.get("tiers")
@@ -64,14 +69,16 @@ def withheld_trials(layout: ScanLayout) -> np.ndarray:
     withheld = none.copy()
     for tier in np.unique(tiers[candidates]).tolist():
         rows = tiers == tier
-        if holds_only_zeros(layout.read_trial("responses", int(np.argmax(rows)))):
+        first = int(np.argmax(rows))
+        start = layout.read_trial_start("responses", first, ZEROS_PROBE)  # real responses show in their first values
+        if (start is None or holds_only_zeros(start)) and holds_only_zeros(layout.read_trial("responses", first)):
             withheld |= rows
     return withheld
 
 
 def wholly_withheld(layout: ScanLayout, variable: str) -> bool:
     """A variable the release zeroes for every trial: its stored std is all zero."""
-    return stored_std_all_zero(layout.statistics, variable)
+    return stored_std_all_zero(layout, variable)
 
 
 def _label_coords(kind: datamodel.ReleaseKind, dims: Iterable[str], sizes: Mapping[str, int]) -> dict[str, np.ndarray]:
@@ -147,7 +154,8 @@ def _statistics_variable(name: str, table: StatisticsTable, per_trial_dims: tupl
     attrs = datamodel.file_attrs(f"{datamodel.STATISTICS_DIR}/{name}")
     if table.file_dtypes:
         attrs[datamodel.FILE_DTYPES_ATTR] = [f"{file}={dtype}" for file, dtype in table.file_dtypes.items()]
-    return xr.Variable(("subset", "statistic", *dims), table.values, attrs)
+    encoding = {"preferred_chunks": {"subset": 1, "statistic": 1}}  # a dask block per file: computing one reads one
+    return xr.Variable(("subset", "statistic", *dims), table.values, attrs, encoding=encoding)
 
 
 def assemble(
@@ -254,7 +262,8 @@ def _time_coords(n_frames: int, kind: datamodel.ReleaseKind) -> dict[str, xr.Var
 
 
 def _layout_statistics(layout: ScanLayout, variable: str) -> StatisticsTable:
-    """The stored statistics of a variable as one array (NaN where a file is absent; the layout checked the shapes).
+    """The stored statistics of a variable as one lazily indexed array (NaN where a file is absent; the layout
+    checked the shapes), read from the files when indexed: only the (subset, statistic) cells asked for.
 
     The array has the widest dtype of the files; files stored narrower are recorded, to be written back so.
     """
@@ -262,19 +271,21 @@ def _layout_statistics(layout: ScanLayout, variable: str) -> StatisticsTable:
     subset_names = sorted(subsets, key=lambda s: (s != datamodel.MAIN_SUBSET, s))
     present = {stat for stats in subsets.values() for stat in stats}
     stat_names = [s for s in datamodel.STATISTICS if s in present] + sorted(present - set(datamodel.STATISTICS))
-    trailing = next(iter(next(iter(subsets.values())).values())).shape
-    dtype = np.result_type(*(a.dtype for stats in subsets.values() for a in stats.values()), np.float32)
-    values = np.full((len(subset_names), len(stat_names), *trailing), np.nan, dtype=dtype)
+    trailing = next(iter(next(iter(subsets.values())).values())).header.shape
+    dtype = np.result_type(*(f.header.dtype for stats in subsets.values() for f in stats.values()), np.float32)
+    cells = {}
     file_dtypes = {}
     for i, subset in enumerate(subset_names):
         for j, stat in enumerate(stat_names):
-            array = subsets[subset].get(stat)
-            if array is None:
+            stored = subsets[subset].get(stat)
+            if stored is None:
                 continue
-            values[i, j] = array
-            if array.dtype != dtype:
-                file_dtypes[f"{subset}/{stat}"] = array.dtype.str
-    return StatisticsTable(subset_names, stat_names, values, file_dtypes)
+            cells[i, j] = (stored.number, stored.header)
+            if stored.header.dtype != dtype:
+                file_dtypes[f"{subset}/{stat}"] = stored.header.dtype.str
+    assert layout.statistics_files is not None  # the layout lists the files of its statistics
+    grid = FileGridArray(layout.statistics_files, cells, (len(subset_names), len(stat_names), *trailing), dtype)
+    return StatisticsTable(subset_names, stat_names, indexing.LazilyIndexedArray(grid), file_dtypes)
 
 
 def build_dataset(
@@ -348,14 +359,16 @@ def tree_of(scans: Mapping[str, xr.Dataset]) -> xr.DataTree:
     return xr.DataTree.from_dict({"/": root, **{f"/{key}": ds for key, ds in scans.items()}})
 
 
-def load_labels(ds: xr.Dataset) -> xr.Dataset:
-    """Bring the small variables into memory, in one pass: every non-index coordinate and everything without ``trial``."""
+def load_labels(ds: xr.Dataset, lazy: Iterable[Hashable] = ()) -> xr.Dataset:
+    """Bring the small variables into memory, in one pass: every non-index coordinate and everything without
+    ``trial``, but the variables named in ``lazy``."""
     import dask
 
+    left = set(lazy)
     small = [
         name
         for name, variable in ds.variables.items()
-        if name not in ds.indexes and (name in ds.coords or datamodel.TRIAL not in variable.dims)
+        if name not in ds.indexes and name not in left and (name in ds.coords or datamodel.TRIAL not in variable.dims)
     ]
     loaded = dict(zip(small, dask.compute(*(ds.variables[name] for name in small))))
     coords = {name: variable for name, variable in loaded.items() if name in ds.coords}

@@ -273,6 +273,43 @@ class TrialStackArray(BackendArray):
         return block
 
 
+class FileGridArray(BackendArray):
+    """Whole files laid out on the two leading axes of one array, NaN where no file is; lazily indexed.
+
+    A variable's statistics: one file per (subset, statistic), all of one shape. Each cell is read by a
+    :class:`TrialReader` of its own file's header (files may differ in dtype; each is cast to ``dtype``),
+    and only the cells an index selects are read. Picklable: numbered files and headers only.
+    """
+
+    def __init__(self, files: NumberedFiles, cells: dict[tuple[int, int], tuple[int, NpyHeader]], shape: tuple[int, ...], dtype: np.dtype) -> None:
+        self.files = files
+        self.cells = cells  #: (row, column) -> (file number, header)
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.OUTER, self._read)
+
+    def _read(self, key: tuple) -> np.ndarray:
+        rows, columns = (np.arange(size)[index] for index, size in zip(key[:2], self.shape[:2]))
+        grid = np.full((np.size(rows), np.size(columns), *self.shape[2:]), np.nan, dtype=self.dtype)
+        for i, row in enumerate(np.atleast_1d(rows).tolist()):
+            for j, column in enumerate(np.atleast_1d(columns).tolist()):
+                if (row, column) in self.cells:
+                    number, header = self.cells[row, column]
+                    reader = TrialReader(self.files, header)
+                    cell = grid[i, j][np.newaxis] if reader.dtype == self.dtype else np.empty((1, *header.shape), reader.dtype)
+                    reader.read_into(np.array([number]), cell)
+                    grid[i, j] = cell[0]
+        grid = grid.reshape(np.shape(rows) + np.shape(columns) + self.shape[2:])
+        rest = key[2:]
+        first = grid.ndim - len(rest)
+        for axis in reversed(range(len(rest))):  # outer indexing, one axis at a time, last first
+            if not (isinstance(rest[axis], slice) and rest[axis] == slice(None)):
+                grid = grid[(slice(None),) * (first + axis) + (rest[axis],)]
+        return grid
+
+
 class WholeReadArray(dask.array.Array):
     """The dask array of one opened variable (or of some of its trials), which reads only what is asked of it.
 
@@ -381,3 +418,12 @@ def whole_reader(data: Any) -> TrialReader | None:
         if data is None:
             return None
     return data.reader
+
+
+def on_file_grid(data: Any) -> bool:
+    """True for a :class:`FileGridArray` as xarray wraps it in adapters (statistics read when first accessed)."""
+    while not isinstance(data, FileGridArray):
+        data = getattr(data, "array", None)
+        if data is None:
+            return False
+    return True

@@ -86,6 +86,19 @@ def parse_header(prefix: bytes | memoryview, name: str) -> NpyHeader:
     return NpyHeader(shape, dtype, fortran_order, prefix[:end])
 
 
+def declared_length(prefix: bytes | memoryview) -> int | None:
+    """The bytes before the payload that the start of a .npy file declares; None if ``prefix`` is too short to say.
+
+    >>> declared_length(header_bytes("<f4", (3,)))
+    128
+    """
+    prefix = bytes(prefix[:12])
+    length_type = _LENGTH_FIELDS.get((prefix[6], prefix[7]), ("<I",))[0] if len(prefix) >= 8 else None
+    if length_type is None or len(prefix) < 8 + struct.calcsize(length_type):
+        return None
+    return 8 + struct.calcsize(length_type) + struct.unpack_from(length_type, prefix, 8)[0]
+
+
 def _read_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
     """``(shape, fortran_order, dtype, header length)``, checked as numpy's ``_read_array_header`` checks them."""
     if len(prefix) < len(MAGIC) + 2:

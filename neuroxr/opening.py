@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import xarray as xr
+from xarray.core import indexing
 from xarray.namedarray.daskmanager import DaskManager
 
-from neuroxr import chunking
+from neuroxr import chunking, datamodel
 from neuroxr.backend import SensoriumBackendEntrypoint
 from neuroxr.dataset import load_labels, tree_of
 from neuroxr.errors import ScanError
@@ -22,7 +23,7 @@ from neuroxr.formats.netcdf import open_netcdf
 from neuroxr.formats.nwb import open_nwb
 from neuroxr.formats.zarr import open_zarr
 from neuroxr.layout.discover import is_scan_folder, scan_paths, scan_urls
-from neuroxr.lazy import WholeReadArray, in_memory, whole_reader
+from neuroxr.lazy import WholeReadArray, in_memory, on_file_grid, whole_reader
 from neuroxr.sources import is_ignored, is_url
 
 NETCDF_SUFFIXES = (".nc", ".nc4", ".netcdf", ".h5", ".hdf5")
@@ -34,12 +35,15 @@ class WholeReadDaskManager(DaskManager):
 
     Given to ``xr.open_dataset`` by :func:`open_scan`, so that ``ds.responses.values`` reads every
     trial straight into one array instead of concatenating dask's blocks, and selecting trials
-    reads only them; labels (tiers, image ids, statistics) are in memory as the data model says.
+    reads only them; labels (tiers, image ids) are in memory as the data model says, and statistics are
+    read from their files on first access (only the cells selected), then kept in memory.
     """
 
     def from_array(self, data, chunks, **kwargs):  # type: ignore[no-untyped-def, override]
         if in_memory(data):
             return np.asarray(data)
+        if on_file_grid(data):  # statistics: read on first access, once (dask arrays of another type cannot mix with these)
+            return indexing.MemoryCachedArray(data.array if isinstance(data, indexing.ImplicitToExplicitIndexingAdapter) else data)
         array = super().from_array(data, chunks, **kwargs)
         reader = whole_reader(data)
         return array if reader is None else WholeReadArray.of(array, reader)
@@ -57,10 +61,11 @@ def open_scan(
     """Open a Sensorium scan (folder, .zip, a folder holding one scan, or an fsspec URL) as one lazy, labelled Dataset.
 
     2022 image scans and 2023 video scans alike: the kind is recognised from what the scan holds
-    (``data/images`` or ``data/videos``). Only the listing, ``meta/`` and one header per variable
-    are read (and, for a video scan, row 0 of each trial's behaviour: the trial lengths
-    ``n_frames``, checked against each video as it is read; ``n_frames_from="videos"`` reads them
-    from the videos instead, ``"pupil_center"`` from the pupil). Data variables are dask arrays
+    (``data/images`` or ``data/videos``). Only the listing, ``meta/trials``, ``meta/neurons``, one header
+    per variable and the header of each statistics file are read (the statistics, time-resolved in a
+    video scan, are read from their files when first accessed), and, for a video scan, row 0 of each
+    trial's behaviour: the trial lengths ``n_frames``, checked against each video as it is read
+    (``n_frames_from="videos"`` reads them from the videos instead, ``"pupil_center"`` from the pupil). Data variables are dask arrays
     with one task per block of trials (about 64 MB per chunk; ``chunks=500`` asks for 500 trials per
     chunk, any xarray ``chunks=`` also works); label coordinates are in memory. A URL
     (``https://.../scan.zip``, ``s3://bucket/scan/``) is read in place with range requests;
@@ -87,7 +92,7 @@ def open_scan(
         storage_options=storage_options,
         n_frames_from=n_frames_from,
     )
-    return load_labels(ds)
+    return load_labels(ds, lazy=[datamodel.statistics_name(str(name)) for name in ds.data_vars])  # read when computed
 
 
 def open_datatree(

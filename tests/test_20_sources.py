@@ -249,6 +249,47 @@ def test_a_flipped_bit_in_a_member_is_refused_by_its_crc(tmp_path: Path, method:
         assert caught.value.path == f"{archive}::{member}"
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_a_members_leading_bytes_are_inflated_from_a_prefix_and_verified_only_when_read_whole(tmp_path: Path, method: str) -> None:
+    """A header read inflates only the start of the member: a flipped bit far past it goes unseen there,
+    and is refused by the CRC-32 of a whole read (which ``validate`` and every computation make)."""
+    rng = np.random.default_rng(3)
+    payload = npy(np.cumsum(rng.standard_normal(60_000)).astype("f4"))  # ~240 kB, compressible but not trivially
+    archive = write_zip(tmp_path / "a.zip", METHODS[method], {"data/x/0.npy": payload})
+    member = f"{TOP}/data/x/0.npy"
+    with zipfile.ZipFile(archive) as reference:
+        info = reference.getinfo(member)
+    series = ZipSource(archive).within(f"{TOP}/").numbered("data/x", 1, ".npy")
+    for wanted in (1, 128, 256, 5000):
+        buffer = bytearray(wanted)
+        assert series.read_into([0], [[memoryview(buffer)]]) == [len(payload)]
+        assert bytes(buffer) == payload[:wanted]
+    data = bytearray(archive.read_bytes())
+    data[_payload_offset(archive, member) + info.compress_size - 10] ^= 0x10  # near the end of the member
+    archive.write_bytes(bytes(data))
+    series = ZipSource(archive).within(f"{TOP}/").numbered("data/x", 1, ".npy")
+    if METHODS[method] != zipfile.ZIP_BZIP2:  # bzip2 decodes whole blocks: its one block is inflated (and refused) whole
+        buffer = bytearray(256)
+        series.read_into([0], [[memoryview(buffer)]])
+        assert bytes(buffer) == payload[:256]
+    with pytest.raises(ScanError, match="corrupt zip member"):
+        series.read(0)
+
+
+def test_leading_bytes_behind_a_long_run_of_empty_deflate_blocks_are_read_from_all_of_the_data(tmp_path: Path) -> None:
+    """A prefix of the usual length inflates to nothing here (empty stored blocks first): the rest is read."""
+    payload = npy(np.arange(1000, dtype="f4"))
+    packer = zlib.compressobj(6, zlib.DEFLATED, -15)
+    raw = b"\x00\x00\x00\xff\xff" * 2000 + packer.compress(payload) + packer.flush()  # 2,000 empty non-final blocks
+    archive = _raw_zip(tmp_path / "a.zip", "s/data/x/0.npy", zipfile.ZIP_DEFLATED, raw, len(payload), zlib.crc32(payload))
+    assert zlib.decompress(raw, -15) == payload
+    series = ZipSource(archive).within("s/").numbered("data/x", 1, ".npy")
+    buffer = bytearray(256)
+    assert series.read_into([0], [[memoryview(buffer)]]) == [len(payload)]
+    assert bytes(buffer) == payload[:256]
+    assert series.read(0) == payload
+
+
 def test_a_directory_entry_pointing_at_another_member_is_refused(tmp_path: Path) -> None:
     archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_STORED, {f"data/x/{k}.npy": npy(np.arange(4, dtype="f4")) for k in range(2)})
     with zipfile.ZipFile(archive) as reference:

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import RELEASE_NAME, eager, expect_scan_error, write_tiny_scan, zip_scan
+from conftest import RELEASE_NAME, eager, expect_scan_error, write_tiny_dynamic_scan, write_tiny_scan, zip_scan
 
 import neuroxr
 from neuroxr import datamodel as model
 from neuroxr.cli import main
-from neuroxr.layout import read_layout
+from neuroxr.dataset import build_dataset
+from neuroxr.layout import layout_of, read_layout
 from neuroxr.layout.check import check_files
 from neuroxr.layout.discover import find_scan_folder, looks_like_scan, scan_paths, scan_root
-from neuroxr.sources import ZipSource
+from neuroxr.sources import ZipSource, open_source
 
 # ----------------------------------------------------------------------------------------------
 # what the layout reads
@@ -40,7 +41,7 @@ def test_the_layout_of_a_scan(shared_scan: Path, tmp_path: Path, kind: str) -> N
     assert sorted(layout.statistics) == ["behavior", "images", "pupil_center", "responses"]
     assert sorted(layout.statistics["responses"]) == ["all", "stimulus_Frame"]
     np.testing.assert_array_equal(
-        layout.statistics["responses"]["all"]["std"], np.load(shared_scan / "meta/statistics/responses/all/std.npy")
+        layout.read_statistic("responses", "all", "std"), np.load(shared_scan / "meta/statistics/responses/all/std.npy")
     )
 
 
@@ -181,6 +182,27 @@ def test_meta_arrays_of_the_wrong_length(scan_folder: Path) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # the full check (neuroxr validate)
+
+
+def test_validate_checks_the_crc_of_every_statistics_member_that_opening_read_only_the_header_of(tmp_path: Path) -> None:
+    """Opening a deflated zip inflates a statistics member's first bytes only; ``check_files`` reads it whole."""
+    scan = write_tiny_dynamic_scan(tmp_path, video_shape=(12, 16), statistics_frames=12)
+    archive = zip_scan(scan, tmp_path / "video.zip", zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(archive) as reference:
+        stats = [info for info in reference.infolist() if "/meta/statistics/" in info.filename]
+        victim = max(stats, key=lambda info: info.compress_size)
+        assert victim.compress_size > 4 * 2**10  # far past the prefix a header read inflates
+    data = bytearray(archive.read_bytes())
+    data[victim.header_offset + 30 + len(victim.filename.encode()) + victim.compress_size - 8] ^= 0x10
+    archive.write_bytes(bytes(data))
+    with zipfile.ZipFile(archive) as reference, pytest.raises(zipfile.BadZipFile):
+        reference.read(victim.filename)  # zipfile refuses it too
+    layout = read_layout(archive)  # the header is intact: opening does not see it
+    problems = list(check_files(layout))
+    assert len(problems) == 1 and problems[0].startswith(f"{archive}::{victim.filename}: corrupt zip member"), problems
+    variable, subset, statistic = victim.filename.removesuffix(".npy").split("/")[-3:]
+    with pytest.raises(neuroxr.ScanError, match="corrupt zip member"):
+        neuroxr.open_scan(archive)[f"{variable}_statistics"].sel(subset=subset, statistic=statistic).values
 
 
 def test_check_files_yields_one_message_per_problem_and_counts_every_file(scan_folder: Path) -> None:
@@ -428,3 +450,67 @@ def test_the_frame_count_check_agrees_with_each_videos_first_nan_frame_exactly(t
     FrameCountCheck(np.array([10, 10]), "x")(np.arange(2), integers, files)
     with pytest.raises(neuroxr.ScanError, match="first NaN frame is 10, but n_frames is 4"):
         FrameCountCheck(np.array([10, 4]), "x")(np.arange(2), integers, files)
+
+
+class _CountingFiles:
+    """Numbered files that record, per file, the bytes each read placed (to see what opening reads)."""
+
+    def __init__(self, files, placed: dict[str, int]) -> None:
+        self.files, self.placed = files, placed
+
+    def label(self, number):
+        return self.files.label(number)
+
+    def size(self, number):
+        return self.files.size(number)
+
+    def read(self, number, limit=None):
+        data = self.files.read(number, limit)
+        self.placed[self.label(number)] = self.placed.get(self.label(number), 0) + len(data)
+        return data
+
+    def read_into(self, numbers, buffers):
+        sizes = self.files.read_into(numbers, buffers)
+        for number, size, targets in zip(numbers, sizes, buffers):
+            label = self.label(number)
+            self.placed[label] = self.placed.get(label, 0) + min(size, sum(len(target) for target in targets))
+        return sizes
+
+
+class _CountingSource:
+    def __init__(self, source, placed: dict[str, int]) -> None:
+        self.source, self.placed, self.name = source, placed, source.name
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def read_many(self, relatives):
+        found = self.source.read_many(relatives)
+        for relative, data in zip(relatives, found):
+            self.placed[self.label(relative)] = self.placed.get(self.label(relative), 0) + len(data)
+        return found
+
+    def read(self, relative):
+        return self.read_many([relative])[0]
+
+    def listed(self, relatives):
+        return _CountingFiles(self.source.listed(relatives), self.placed)
+
+
+def test_opening_reads_only_the_statistics_headers_and_one_std(tmp_path: Path) -> None:
+    scan = write_tiny_dynamic_scan(tmp_path, video_shape=(8, 12), statistics_frames=12)
+    placed: dict[str, int] = {}
+    ds = build_dataset(layout_of(_CountingSource(open_source(scan), placed)))
+    files = sorted((scan / "meta" / "statistics").rglob("*.npy"))
+    # withheld detection reads the std of behaviour (the first source of the trial lengths) and of the pupil, whole
+    whole = {scan / "meta/statistics" / variable / "all/std.npy" for variable in ("behavior", "pupil_center")}
+    for path in files:  # every file: its first 256 bytes (the 128-byte header, at most 128 of payload); those two once whole
+        size = path.stat().st_size
+        assert placed.get(str(path), 0) == min(size, 256) + (size if path in whole else 0), path
+    assert any(path.stat().st_size > 10 * 256 for path in files)  # time-resolved statistics, left unread
+    for path in files:  # the lazy statistics hold what the files hold
+        variable, subset, statistic = path.relative_to(scan / "meta" / "statistics").with_suffix("").parts
+        values = ds[f"{variable}_statistics"].sel(subset=subset, statistic=statistic).values
+        np.testing.assert_array_equal(values, np.load(path))
+        widest = np.result_type(*(np.load(f).dtype for f in (scan / "meta" / "statistics" / variable).rglob("*.npy")), np.float32)
+        assert values.dtype == widest  # the widest of the variable's files (narrower ones recorded, to be written back so)

@@ -225,6 +225,21 @@ def test_real_test_responses_are_not_withheld(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.responses.values, eager(scan, "responses"))
 
 
+def test_a_test_tier_is_withheld_only_if_its_first_trial_holds_only_zeros_past_its_first_values(tmp_path: Path) -> None:
+    """Withheld detection looks at the first values of a tier's first trial, and reads the trial whole where those
+    are zeros: a value past them (here the last neuron's) still counts, from a folder and a deflated zip alike."""
+    scan = write_tiny_dynamic_scan(tmp_path, n_neurons=1500)
+    tiers = meta(scan, "meta/trials/tiers.npy")
+    path = scan / "data" / "responses" / f"{np.flatnonzero(tiers == 'live_test_main')[0]}.npy"
+    values = np.load(path)
+    assert values.nbytes > 2**16 and np.nan_to_num(values).max() == 0
+    values[-1, 0] = 0.5
+    np.save(path, values)
+    expected = np.isin(tiers, ["live_test_bonus", "final_test_main", "final_test_bonus"])
+    for opened in (scan, zip_scan(scan, tmp_path / "scan.zip", zipfile.ZIP_DEFLATED)):
+        np.testing.assert_array_equal(neuroxr.open_scan(opened).responses_withheld.values, expected)
+
+
 def test_a_withheld_trial_holding_values_is_an_error_not_nan(dynamic_folder: Path) -> None:
     tiers = meta(dynamic_folder, "meta/trials/tiers.npy")
     second = np.flatnonzero(tiers == "live_test_main")[1]  # the first one still holds zeros

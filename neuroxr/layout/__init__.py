@@ -26,12 +26,14 @@ from neuroxr import datamodel
 from neuroxr.errors import ScanError
 from neuroxr.layout.discover import open_scan_source
 from neuroxr.layout.frames import FROM_VIDEOS, FrameCounts, frame_counts
-from neuroxr.npy import HEADER_PROBE, NpyHeader, check_size, load_array, parse_header
+from neuroxr.npy import HEADER_PROBE, NpyHeader, check_size, declared_length, load_array, parse_header
 from neuroxr.sources import NumberedFiles, Source
 
 _SCAN_KEY = re.compile(r"(\d+-\d+-\d+)-(?:GrayImageNet|ColorImageNet|preproc|Video)")
 #: At most this many problems of one kind are listed (the rest are counted).
 LISTED = 5
+#: Bytes read first for a header: np.save's headers take 128 (a longer one is read again, up to numpy's limit).
+FIRST_PROBE = 256
 
 
 @dataclass
@@ -40,6 +42,14 @@ class TrialVariable:
 
     name: str
     files: NumberedFiles
+    header: NpyHeader
+
+
+@dataclass(frozen=True)
+class StatisticFile:
+    """One ``meta/statistics/<variable>/<subset>/<statistic>.npy``: its number in the layout's statistics files, its header."""
+
+    number: int
     header: NpyHeader
 
 
@@ -52,11 +62,13 @@ class ScanLayout:
     variables: dict[str, TrialVariable]
     trials: dict[str, np.ndarray]  #: meta/trials/<stem>.npy
     neurons: dict[str, np.ndarray]  #: meta/neurons/<stem>.npy
-    statistics: dict[str, dict[str, dict[str, np.ndarray]]]  #: variable -> subset -> statistic -> array
+    statistics: dict[str, dict[str, dict[str, StatisticFile]]]  #: variable -> subset -> statistic -> file (header only)
     release_name: str
     problems: list[str] = field(default_factory=list)  #: what is wrong, one message per problem, the file named first
     kind: datamodel.ReleaseKind = datamodel.STATIC
     n_frames: FrameCounts | None = None  #: video scans: each trial's length
+    statistics_files: NumberedFiles | None = None  #: the statistics files, numbered as :attr:`statistics` says
+    _read_statistics: dict[tuple[str, str, str], np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def scan_key(self) -> str:
@@ -73,10 +85,34 @@ class ScanLayout:
     def n_neurons(self) -> int:
         return len(self.neurons[datamodel.NEURON_INDEX_FILE])
 
+    def read_statistic(self, variable: str, subset: str, statistic: str) -> np.ndarray | None:
+        """One stored statistics array, decoded whole on first use (never unpickled); None if there is no such file."""
+        stored = self.statistics.get(variable, {}).get(subset, {}).get(statistic)
+        if stored is None or self.statistics_files is None:
+            return None
+        key = (variable, subset, statistic)
+        if key not in self._read_statistics:
+            files = self.statistics_files
+            data = files.read(stored.number, limit=stored.header.file_bytes)
+            self._read_statistics[key] = load_array(data, files.label(stored.number))
+        return self._read_statistics[key]
+
     def read_trial(self, variable: str, number: int) -> np.ndarray:
         """One trial's array of ``variable``, decoded whole (never unpickled)."""
         files = self.variables[variable].files
         return load_array(files.read(number), files.label(number))
+
+    def read_trial_start(self, variable: str, number: int, payload_bytes: int) -> np.ndarray | None:
+        """The leading values of one trial's array (at most ``payload_bytes`` of them, flat, in stored order), read
+        without the rest of the file (a zip member inflated only that far, unverified); None where the file's
+        header is not its variable's (read it whole to see what it holds)."""
+        files, header = self.variables[variable].files, self.variables[variable].header
+        buffer = bytearray(header.length + min(payload_bytes, header.payload_bytes))
+        size = files.read_into([number], [[memoryview(buffer)]])[0]
+        if not buffer.startswith(header.raw):
+            return None
+        placed = min(size, len(buffer)) - header.length
+        return np.frombuffer(buffer, header.dtype, max(0, placed) // header.dtype.itemsize, header.length)
 
 
 class _Problems:
@@ -159,12 +195,34 @@ def read_header(files: NumberedFiles, number: int = 0) -> NpyHeader:
 
     A header claiming more bytes than the file holds (an absurd shape) is refused here, at open.
     """
-    buffer = bytearray(HEADER_PROBE)
+    buffer = bytearray(FIRST_PROBE)
     size = files.read_into([number], [[memoryview(buffer)]])[0]
+    return _header_in(files, number, buffer, size)
+
+
+def _header_in(files: NumberedFiles, number: int, buffer: bytearray, size: int) -> NpyHeader:
+    """The header of file ``number`` (of ``size`` bytes) whose start ``buffer`` holds, read again if it is longer."""
+    if size > len(buffer) and (declared_length(buffer) or 0) > len(buffer):  # a long header: read up to numpy's limit
+        buffer = bytearray(HEADER_PROBE)
+        size = files.read_into([number], [[memoryview(buffer)]])[0]
     label = files.label(number)
     header = parse_header(memoryview(buffer)[: min(size, len(buffer))], label)
     check_size(header, size if size <= len(buffer) else files.size(number), label)
     return header
+
+
+def _read_headers(files: NumberedFiles, count: int, problems: _Problems) -> dict[int, NpyHeader]:
+    """The headers of files 0..count-1, their starts read in one batch; a file that cannot be read is a problem."""
+    buffers = [bytearray(FIRST_PROBE) for _ in range(count)]
+    try:
+        sizes = files.read_into(list(range(count)), [[memoryview(buffer)] for buffer in buffers])
+    except ScanError:  # some file cannot be read: one by one, to name every such file
+        sizes = None
+    headers = {}
+    for number in range(count):
+        with problems.collected():
+            headers[number] = read_header(files, number) if sizes is None else _header_in(files, number, buffers[number], sizes[number])
+    return headers
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,10 +240,10 @@ def refuse_misplaced(source: Source, folders: dict[str, list[str]], problems: _P
             problems.add(source.label(folder), "is a folder, expected a .npy file")
 
 
-def check_statistic(source: Source, relative: str, array: np.ndarray) -> None:
-    """Refuse a statistics array that does not hold numbers (it would turn a whole statistics variable into text)."""
-    if array.dtype.kind not in "biufc":
-        raise ScanError(source.label(relative), f"holds {array.dtype} values, expected numbers (a statistic)")
+def check_statistic(source: Source, relative: str, header: NpyHeader) -> None:
+    """Refuse a statistics file that does not hold numbers (it would turn a whole statistics variable into text)."""
+    if header.dtype.kind not in "biufc":
+        raise ScanError(source.label(relative), f"holds {header.dtype} values, expected numbers (a statistic)")
 
 
 def _check_length(source: Source, relative: str, array: np.ndarray, expected: int, what: str, problems: _Problems) -> None:
@@ -308,13 +366,11 @@ def layout_of(source: Source, *, strict: bool = True, n_frames_from: str | None 
         variables = _check_time_axis(kind, variables, problems)
 
     meta_files = sorted(
-        f"{folder}/{name}"
-        for folder, names in folders.items()
-        if folder in (datamodel.TRIALS_DIR, datamodel.NEURONS_DIR) or folder.startswith(f"{datamodel.STATISTICS_DIR}/")
-        for name in names
-        if name.endswith(".npy")
-    )
+        f"{folder}/{name}" for folder, names in folders.items() if folder in (datamodel.TRIALS_DIR, datamodel.NEURONS_DIR)
+        for name in names if name.endswith(".npy")
+    )  # fmt: skip
     meta = _load_meta(source, meta_files, problems)
+    statistics_files, statistics = _statistics_headers(source, folders, problems)
 
     def meta_arrays(directory: str) -> dict[str, np.ndarray]:
         return {relative.rsplit("/", 1)[1][:-4]: array for relative, array in meta.items() if relative.rsplit("/", 1)[0] == directory}
@@ -342,15 +398,8 @@ def layout_of(source: Source, *, strict: bool = True, n_frames_from: str | None 
         for stem, array in trials.items():
             _check_length(source, f"{datamodel.TRIALS_DIR}/{stem}.npy", array, n_trials, "trial", problems)
 
-    statistics: dict[str, dict[str, dict[str, np.ndarray]]] = {}
-    for relative, array in meta.items():
-        parts = relative.split("/")  # meta/statistics/<variable>/<subset>/<statistic>.npy
-        if relative.startswith(f"{datamodel.STATISTICS_DIR}/") and len(parts) == 5:
-            with problems.collected():
-                check_statistic(source, relative, array)
-                statistics.setdefault(parts[2], {}).setdefault(parts[3], {})[parts[4][:-4]] = array
     for variable, subsets in statistics.items():
-        shapes = {(subset, statistic): array.shape for subset, stats in subsets.items() for statistic, array in stats.items()}
+        shapes = {(subset, statistic): file.header.shape for subset, stats in subsets.items() for statistic, file in stats.items()}
         common = Counter(shapes.values()).most_common(1)[0][0]
         for (subset, statistic), shape in sorted(shapes.items()):
             if shape != common:
@@ -359,27 +408,46 @@ def layout_of(source: Source, *, strict: bool = True, n_frames_from: str | None 
                     f"shape {shape} differs from {common} of the other statistics of {variable}",
                 )
 
-    n_frames = None
+    layout = ScanLayout(source, n_trials, variables, trials, neurons, statistics, source.name, kind=kind, statistics_files=statistics_files)
     if kind.time_dim is not None and variables and not problems.found:
         with problems.collected():
-            n_frames = _frame_counts(source, kind, variables, statistics, n_trials, n_frames_from)
+            layout.n_frames = _frame_counts(layout, n_frames_from)
 
     if strict:
         problems.raise_if_any(root)
-    layout = ScanLayout(source, n_trials, variables, trials, neurons, statistics, source.name, kind=kind, n_frames=n_frames)
     layout.problems = [str(error) for error in problems.found]
     return layout
 
 
-def _frame_counts(
-    source: Source,
-    kind: datamodel.ReleaseKind,
-    variables: dict[str, TrialVariable],
-    statistics: dict[str, dict[str, dict[str, np.ndarray]]],
-    n_trials: int,
-    n_frames_from: str | None,
-) -> FrameCounts:
+def _statistics_headers(
+    source: Source, folders: dict[str, list[str]], problems: _Problems
+) -> tuple[NumberedFiles | None, dict[str, dict[str, dict[str, StatisticFile]]]]:
+    """The files ``meta/statistics/<variable>/<subset>/<statistic>.npy`` and their headers (payloads left unread)."""
+    relatives = sorted(
+        f"{folder}/{name}" for folder, names in folders.items()
+        if folder.startswith(f"{datamodel.STATISTICS_DIR}/") and folder.count("/") == 3
+        for name in names if name.endswith(".npy")
+    )  # fmt: skip
+    statistics: dict[str, dict[str, dict[str, StatisticFile]]] = {}
+    if not relatives:
+        return None, statistics
+    try:
+        files = source.listed(relatives)
+    except ScanError as error:
+        problems.found.append(error)
+        return None, statistics
+    for number, header in _read_headers(files, len(relatives), problems).items():
+        relative = relatives[number]
+        parts = relative.split("/")
+        with problems.collected():
+            check_statistic(source, relative, header)
+            statistics.setdefault(parts[2], {}).setdefault(parts[3], {})[parts[4][:-4]] = StatisticFile(number, header)
+    return files, statistics
+
+
+def _frame_counts(layout: ScanLayout, n_frames_from: str | None) -> FrameCounts:
     """``n_frames`` of a video scan, from the variable asked for or the first source present (withheld ones skipped)."""
+    source, kind, variables, n_trials = layout.source, layout.kind, layout.variables, layout.n_trials
     if n_frames_from is not None:
         if n_frames_from not in variables:
             offered = ", ".join(name for name in kind.frame_count_sources if name in variables)
@@ -389,19 +457,22 @@ def _frame_counts(
             )
         names = [n_frames_from]
     else:
-        withheld = {name for name in variables if stored_std_all_zero(statistics, name)}
-        names = [name for name in kind.frame_count_sources if name in variables and name not in withheld]
-        names = names or [name for name in kind.frame_count_sources if name in variables] or [kind.stimulus]
+        present = [name for name in kind.frame_count_sources if name in variables]
+        # the first not withheld (only its std and those of the withheld before it are read), else the first present
+        names = [next((name for name in present if not stored_std_all_zero(layout, name)), None) or (present or [kind.stimulus])[0]]
     if names[0] not in variables:
         raise ScanError(source.label(f"{datamodel.DATA_DIR}/{kind.stimulus}"), "missing: the trial lengths of a video scan are read from it")
     chosen = variables[names[0]]
     return frame_counts(chosen.name, chosen.files, chosen.header, n_trials, f"{datamodel.DATA_DIR}/{chosen.name}")
 
 
-def stored_std_all_zero(statistics: dict[str, dict[str, dict[str, np.ndarray]]], variable: str) -> bool:
-    """Whether the stored std of ``variable`` (subset ``all``) is all zero: how the release marks data it zeroed."""
-    std = statistics.get(variable, {}).get(datamodel.MAIN_SUBSET, {}).get("std")
+def stored_std_all_zero(layout: ScanLayout, variable: str) -> bool:
+    """Whether the stored std of ``variable`` (subset ``all``) is all zero: how the release marks data it zeroed.
+
+    Reads that one file (once), no other statistics.
+    """
+    std = layout.read_statistic(variable, datamodel.MAIN_SUBSET, "std")
     return std is not None and std.size > 0 and bool(np.all(std == 0))
 
 
-__all__ = ["FROM_VIDEOS", "FrameCounts", "ScanLayout", "TrialVariable", "layout_of", "read_header", "read_layout", "stored_std_all_zero"]
+__all__ = ["FROM_VIDEOS", "FrameCounts", "ScanLayout", "StatisticFile", "TrialVariable", "layout_of", "read_header", "read_layout", "stored_std_all_zero"]

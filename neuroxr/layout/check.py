@@ -1,4 +1,4 @@
-"""The full check of a scan (``neuroxr validate``): every trial file read whole, its header, size and (zip) CRC-32."""
+"""The full check of a scan (``neuroxr validate``): every trial and statistics file read whole, its header, size and (zip) CRC-32."""
 
 from __future__ import annotations
 
@@ -38,6 +38,30 @@ def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = Non
                     yield problem
                 if progress is not None:
                     progress(1)
+    yield from _check_statistics(layout)
+
+
+def _check_statistics(layout: ScanLayout) -> Iterator[str]:
+    """Read every statistics file whole (opening read their headers only): its size and, in a .zip, its CRC-32."""
+    files = layout.statistics_files
+    stored = sorted((file for subsets in layout.statistics.values() for stats in subsets.values() for file in stats.values()), key=lambda file: file.number)
+    if files is None:
+        return
+    for first in range(0, len(stored), BATCH):
+        batch = stored[first : first + BATCH]
+        buffers = [bytearray(file.header.file_bytes) for file in batch]
+        try:
+            sizes: list[int | None] = list(files.read_into([file.number for file in batch], [[memoryview(b)] for b in buffers]))
+        except ScanError:  # one file of the batch is at fault: read them one by one to name it
+            sizes = [None] * len(batch)
+        for file, buffer, size in zip(batch, buffers, sizes):
+            label = files.label(file.number)
+            try:
+                if size is None:
+                    size = files.read_into([file.number], [[memoryview(buffer)]])[0]
+                check_size(file.header, size if size <= len(buffer) else files.size(file.number), label)
+            except ScanError as error:
+                yield str(error)
 
 
 def _check_one(variable, number: int, buffer: bytearray, size: int | None) -> str | None:  # type: ignore[no-untyped-def]

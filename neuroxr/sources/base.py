@@ -168,10 +168,11 @@ class NumberedFiles(Protocol):
         """Fill ``buffers[k]`` in turn with the leading bytes of file ``numbers[k]``, for every k.
 
         Returns each file's size: the bytes placed when the file fits its buffers (a zip member is
-        then verified whole), and more than its buffers hold when it is longer (its leading bytes
-        placed, nothing past them read unless a zip member must be inflated whole to be verified).
-        Never reads past the end of a file, never blocks on a file that is not a regular one.
-        Sources that fetch over a network fetch them together.
+        then verified whole), and more than its buffers hold when it is longer: its leading bytes
+        placed (a header, say), nothing much past them read; a compressed zip member is then
+        inflated from a prefix of its data only as far as the buffers reach, and not verified (its
+        CRC-32 is checked whenever it is read whole). Never reads past the end of a file, never
+        blocks on a file that is not a regular one. Sources that fetch over a network fetch them together.
         """
         ...
 
@@ -203,4 +204,8 @@ class Source(Protocol):
 
     def numbered(self, directory: str, count: int, suffix: str) -> NumberedFiles:
         """The numbered files ``directory/0{suffix}`` .. ``directory/{count-1}{suffix}``."""
+        ...
+
+    def listed(self, relatives: Sequence[str]) -> NumberedFiles:
+        """The files ``relatives`` (any names) as numbered files, numbered in the order given."""
         ...

@@ -150,6 +150,23 @@ class FolderFiles:
         return sizes
 
 
+class ListedFolderFiles(FolderFiles):
+    """Files of any names under the folder ``directory``, numbered in the order given, each read with one ``preadv``."""
+
+    def __init__(self, directory: str, relatives: Sequence[str]) -> None:
+        super().__init__(directory, "")
+        self.paths = [os.path.join(directory, relative) for relative in relatives]
+
+    def __repr__(self) -> str:
+        return f"ListedFolderFiles({len(self.paths)} files)"
+
+    def label(self, number: int) -> str:
+        return self.paths[number]
+
+    def read_into(self, numbers: Sequence[int], buffers: Sequence[Buffers]) -> list[int]:
+        return [read_file_into(self.paths[number], targets) for number, targets in zip(numbers, buffers)]
+
+
 #: Folders deeper than this below the root are not listed (nothing a source serves is deeper; bounds link loops).
 MAX_DEPTH = 6
 
@@ -205,3 +222,6 @@ class FolderSource:
 
     def numbered(self, directory: str, count: int, suffix: str) -> FolderFiles:
         return FolderFiles(os.path.join(self.root, directory), suffix)
+
+    def listed(self, relatives: Sequence[str]) -> ListedFolderFiles:
+        return ListedFolderFiles(self.root, relatives)

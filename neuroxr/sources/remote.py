@@ -30,12 +30,13 @@ from typing import Any
 import numpy as np
 
 from neuroxr.errors import MissingExtraError, RemoteError, ScanError, require
-from neuroxr.sources.base import Buffers, PerProcess, copy_into, group_by_folder, is_ignored, read_whole
+from neuroxr.sources.base import Buffers, PerProcess, copy_into, group_by_folder, is_ignored, read_whole, total_bytes
 from neuroxr.sources.zipmember import (
     LOCAL_HEADER,
     TAIL_BYTES,
     Directory,
     MemberTable,
+    compressed_prefix,
     data_offset,
     header_span,
     inflate_into,
@@ -289,7 +290,8 @@ def fetch_members(remote: Remote, table: MemberTable, buffers: Sequence[Buffers]
     if n == 0:
         return []
     starts = table.offsets
-    ends = starts + LOCAL_HEADER.size + table.name_lengths + EXTRA_SLACK + table.compressed
+    wanted = np.array([compressed_prefix(table, row, total_bytes(buffers[row])) for row in range(n)], dtype=np.int64)
+    ends = starts + LOCAL_HEADER.size + table.name_lengths + EXTRA_SLACK + wanted  # leading bytes: a prefix of the data
     if remote.size is not None:
         ends = np.minimum(ends, remote.size)
     order = np.argsort(starts, kind="stable")
@@ -313,12 +315,16 @@ def fetch_members(remote: Remote, table: MemberTable, buffers: Sequence[Buffers]
             local = int(starts[row]) - begin
             head = memoryview(chunk)[local : local + header_span(table, row)]
             data_start = local + data_offset(head, table, row, labels[row])
-            length = int(table.compressed[row])
+            length, at = int(wanted[row]), begin + data_start
             raw: bytes | memoryview = memoryview(chunk)[data_start : data_start + length]
             if len(raw) < length:  # a long local extra field: fetch the rest
-                at = begin + data_start
                 raw = await _get_range(fs, remote, at, at + length, labels[row])
-            sizes[row] = await loop.run_in_executor(INFLATE_THREADS.get(), inflate_into, raw, table, row, buffers[row], labels[row])
+            size = await loop.run_in_executor(INFLATE_THREADS.get(), inflate_into, raw, table, row, buffers[row], labels[row])
+            if size is None:  # the prefix fell short of the leading bytes: all of the data
+                raw = await _get_range(fs, remote, at, at + int(table.compressed[row]), labels[row])
+                size = await loop.run_in_executor(INFLATE_THREADS.get(), inflate_into, raw, table, row, buffers[row], labels[row])
+            assert size is not None  # all of the data inflates, or is refused
+            sizes[row] = size
 
     async def fetch_all(fs: Any) -> None:
         await _gather([place(fs, rows) for rows in groups])
@@ -427,6 +433,20 @@ class RemoteZipSource:
         table = self._directory.table.take(rows)
         table.check(lambda index: f"{self.url}::{template.format(index)}", self._directory.data_end)
         return RemoteZipMembers(self.remote, template, table)
+
+    def listed(self, relatives: Sequence[str]) -> RemoteZipMembers:
+        return _RemoteMembers(self.remote, [self.label(relative) for relative in relatives], self._table(relatives))
+
+
+class _RemoteMembers(RemoteZipMembers):
+    """Members of any names of a remote zip, numbered in the order given."""
+
+    def __init__(self, remote: Remote, labels: list[str], table: MemberTable) -> None:
+        super().__init__(remote, "", table)
+        self._labels = labels
+
+    def label(self, number: int) -> str:
+        return self._labels[number]
 
 
 def _open_archive(remote: Remote) -> tuple[Remote, Directory]:
@@ -569,6 +589,21 @@ class RemoteFolderSource:
     def numbered(self, directory: str, count: int, suffix: str) -> RemoteFolderFiles:
         sizes = np.array([self._files.get(f"{directory}/{number}{suffix}", -1) for number in range(count)], dtype=np.int64)
         return RemoteFolderFiles(self.remote.at(f"{self.url}/{directory}"), suffix, sizes)
+
+    def listed(self, relatives: Sequence[str]) -> RemoteFolderFiles:
+        sizes = np.array([self._files.get(relative, -1) for relative in relatives], dtype=np.int64)
+        return _RemoteListedFiles(self.remote, [self.label(relative) for relative in relatives], sizes)
+
+
+class _RemoteListedFiles(RemoteFolderFiles):
+    """Files of any names under a remote folder, numbered in the order given."""
+
+    def __init__(self, remote: Remote, urls: list[str], sizes: np.ndarray) -> None:
+        super().__init__(remote, "", sizes)
+        self.urls = urls
+
+    def label(self, number: int) -> str:
+        return self.urls[number]
 
 
 def open_url(url: str, storage_options: dict[str, Any] | None = None) -> RemoteZipSource | RemoteFolderSource:

@@ -4,7 +4,8 @@ The central directory is parsed once when the archive is opened (:func:`~neuroxr
 two reads and no ``ZipInfo`` objects); numbered members keep the offsets and sizes of their members
 and reopen the archive per read (``pread``: no shared file position, safe in threads and picklable).
 Stored members are read straight into the caller's buffers and their CRC-32 computed there;
-deflated ones are inflated by libdeflate. Every member read whole is verified.
+deflated ones are inflated by libdeflate. Every member read whole is verified; for a member's leading
+bytes alone (a header), only a prefix of its compressed data is read and inflated.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from neuroxr.sources.folder import os_error
 from neuroxr.sources.zipmember import (
     Directory,
     MemberTable,
+    compressed_prefix,
     crc32,
     data_offset,
     header_span,
@@ -118,16 +120,24 @@ def _read_member(fd: int, table: MemberTable, row: int, targets: Buffers, extra:
             verify_crc(crc32(wanted), table, row, "")
         return size, extra
     packed = int(table.compressed[row])
-    data = memoryview(os.pread(fd, span + extra + packed, offset))
+    wanted = compressed_prefix(table, row, total_bytes(targets))  # a member's leading bytes: a prefix of its data
+    data = memoryview(os.pread(fd, span + extra + wanted, offset))
     start = data_offset(data[:span], table, row, "")
     if start != span + extra:
         extra = start - span
-        data = memoryview(os.pread(fd, packed, offset + start))
+        data = memoryview(os.pread(fd, wanted, offset + start))
     else:
         data = data[start:]
-    if len(data) != packed:
+    if len(data) != wanted:
         raise ScanError("", f"corrupt zip: the archive ends inside the member ({len(data)} of {packed} bytes)")
-    return inflate_into(data, table, row, targets, ""), extra
+    size = inflate_into(data, table, row, targets, "")
+    if size is None:  # the prefix fell short of the leading bytes: all of the data
+        data = memoryview(os.pread(fd, packed, offset + start))
+        if len(data) != packed:
+            raise ScanError("", f"corrupt zip: the archive ends inside the member ({len(data)} of {packed} bytes)")
+        size = inflate_into(data, table, row, targets, "")
+    assert size is not None  # all of the data inflates, or is refused
+    return size, extra
 
 
 class ZipSource:
@@ -163,9 +173,8 @@ class ZipSource:
 
     def read_many(self, relatives: Sequence[str]) -> list[bytes | bytearray | memoryview]:
         """Several whole members; large compressed ones (a video scan's statistics) inflated on parallel threads."""
-        rows = self._directory.rows_in(self.prefix, relatives, self.label)
-        table = self._checked(rows, lambda index: self.label(relatives[index]))
-        members = _Members(self.archive, [self.label(relative) for relative in relatives], table)
+        members = self.listed(relatives)
+        table = members.table
         packed = table.methods != zipfile.ZIP_STORED
         if int(table.sizes[packed].sum()) < PARALLEL_BYTES:
             return [members.read(number) for number in range(len(relatives))]
@@ -182,6 +191,11 @@ class ZipSource:
         rows = self._directory.numbered_rows(self.prefix + directory, count, suffix, lambda name: f"{self.archive}::{name}")
         table = self._checked(rows, lambda index: f"{self.archive}::{template.format(index)}")
         return ZipMembers(self.archive, template, table)
+
+    def listed(self, relatives: Sequence[str]) -> ZipMembers:
+        rows = self._directory.rows_in(self.prefix, relatives, self.label)
+        table = self._checked(rows, lambda index: self.label(relatives[index]))
+        return _Members(self.archive, [self.label(relative) for relative in relatives], table)
 
 
 class _Members(ZipMembers):

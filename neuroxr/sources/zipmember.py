@@ -9,7 +9,9 @@ requests, and both hand them to :func:`data_offset` and :func:`inflate_into` her
 
 Every read is verified and bounded: the local header must carry the name the directory gives (so a
 directory entry cannot point at another member), nothing inflates past the size the directory
-declares, and the CRC-32 of every member read whole is compared with the directory's. Deflate runs
+declares, and the CRC-32 of every member read whole is compared with the directory's (a member's leading
+bytes alone, a header, are inflated from a prefix of its compressed bytes, as far as they reach, and
+verified when the member is read whole: :func:`compressed_prefix`, :func:`inflate_into`). Deflate runs
 in libdeflate (the ``deflate`` package: about 2.3x zlib on one core here, and it releases the GIL,
 so members inflate in parallel); CRC-32 too (about 15 GB/s here, against 2 GB/s for ``zlib.crc32``).
 """
@@ -30,7 +32,7 @@ import deflate
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import Buffers, copy_into, is_ignored
+from neuroxr.sources.base import Buffers, copy_into, is_ignored, total_bytes
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -434,15 +436,15 @@ def inflate(raw: bytes | bytearray | memoryview, table: MemberTable, row: int, l
         except deflate.DeflateError as error:
             raise ScanError(label, f"corrupt zip member: the deflate stream does not inflate to {size} bytes ({error})") from error
     else:
-        data = _inflate_other(raw, method, size, label)
+        data = _inflate_other(raw, method, size + 1, label)  # one more, to see if it runs on
     if len(data) != size:
         raise ScanError(label, f"corrupt zip member: {len(data)} bytes, the directory declares {size}")
     verify_crc(crc32([data]), table, row, label)
     return data
 
 
-def _inflate_other(raw: bytes | bytearray | memoryview, method: int, size: int, label: str) -> bytes:
-    """A bzip2 or lzma member, inflated to at most ``size`` bytes (plus one, to see if it runs on)."""
+def _inflate_other(raw: bytes | bytearray | memoryview, method: int, most: int, label: str) -> bytes:
+    """A bzip2 or lzma member (or a prefix of its compressed bytes), inflated to at most ``most`` bytes."""
     try:
         if method == zipfile.ZIP_BZIP2:
             decompressor: Any = bz2.BZ2Decompressor()
@@ -458,17 +460,62 @@ def _inflate_other(raw: bytes | bytearray | memoryview, method: int, size: int, 
             filters = [{"id": lzma.FILTER_LZMA1, "lc": lc, "lp": lp, "pb": pb, "dict_size": dictionary}]
             decompressor = lzma.LZMADecompressor(lzma.FORMAT_RAW, filters=filters)
             stream = bytes(raw[4 + properties_length :])
-        return decompressor.decompress(stream, max_length=size + 1)
+        return decompressor.decompress(stream, max_length=most)
     except (OSError, EOFError, ValueError, lzma.LZMAError, struct.error, MemoryError) as error:
         raise ScanError(label, f"corrupt zip member ({error})") from error
 
 
-def inflate_into(raw: bytes | bytearray | memoryview, table: MemberTable, row: int, buffers: Buffers, label: str) -> int:
-    """Inflate member ``row`` (verified, see :func:`inflate`) into ``buffers`` in turn; return its size.
+#: Compressed bytes read first for a member's leading bytes, beyond twice their number (deflate spends at
+#: most 15 bits on a literal; a dynamic block's code tables take a few hundred bytes).
+HEAD_SLACK = 1024
 
-    The member is placed whole when it fits; a member longer than the buffers fills them with its
-    leading bytes (it is still inflated whole, within its declared size, to check its CRC).
+
+def compressed_prefix(table: MemberTable, row: int, wanted: int) -> int:
+    """The compressed bytes of member ``row`` to read for its leading ``wanted`` bytes: all of them for a member
+    read whole (or bzip2, which decodes whole blocks), else a bounded prefix (:func:`inflate_into` says if it
+    fell short).
+
+    >>> table = MemberTable(*(np.array([value]) for value in (0, 90_000, 100_000, zipfile.ZIP_DEFLATED, 0, 9, 0, 0)))
+    >>> compressed_prefix(table, 0, 256), compressed_prefix(table, 0, 100_000)
+    (1536, 90000)
     """
-    data = inflate(raw, table, row, label)
-    copy_into(data, buffers)
-    return len(data)
+    packed, method = int(table.compressed[row]), int(table.methods[row])
+    if wanted >= int(table.sizes[row]) or method == zipfile.ZIP_BZIP2:
+        return packed
+    if method == zipfile.ZIP_STORED:
+        return min(packed, wanted)
+    return min(packed, 2 * wanted + HEAD_SLACK)
+
+
+def _inflate_head(raw: bytes | bytearray | memoryview, method: int, wanted: int, label: str) -> bytes | bytearray | memoryview:
+    """The leading ``wanted`` bytes (or fewer) that ``raw``, the start of a member's compressed bytes, inflates to."""
+    if method == zipfile.ZIP_STORED:
+        return raw[:wanted]
+    if method == zipfile.ZIP_DEFLATED:
+        try:
+            return zlib.decompressobj(-15).decompress(raw, wanted)  # libdeflate inflates whole streams only
+        except zlib.error as error:
+            raise ScanError(label, f"corrupt zip member: the deflate stream does not inflate ({error})") from error
+    return _inflate_other(raw, method, wanted, label)
+
+
+def inflate_into(raw: bytes | bytearray | memoryview, table: MemberTable, row: int, buffers: Buffers, label: str) -> int | None:
+    """Inflate member ``row`` into ``buffers`` in turn; return its size (see ``NumberedFiles.read_into``).
+
+    A member that fits the buffers is inflated whole from all its compressed bytes ``raw`` and verified
+    (see :func:`inflate`). A longer one fills them with its leading bytes, inflated from ``raw``, the
+    :func:`compressed_prefix` read of its compressed bytes, as far as they reach and unverified (its
+    CRC-32 is checked whenever it is read whole); None if that prefix falls short: read them all and call again.
+    """
+    size, wanted = int(table.sizes[row]), total_bytes(buffers)
+    if wanted >= size:
+        data = inflate(raw, table, row, label)
+        copy_into(data, buffers)
+        return size
+    head = _inflate_head(raw, int(table.methods[row]), wanted, label)
+    if len(head) < wanted:
+        if len(raw) < int(table.compressed[row]):
+            return None
+        raise ScanError(label, f"corrupt zip member: inflates to {len(head)} bytes, the directory declares {size}")
+    copy_into(head, buffers)
+    return size
