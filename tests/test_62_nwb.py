@@ -26,7 +26,8 @@ import neuroxr.cli
 from neuroxr.errors import ScanError, TargetExistsError
 from neuroxr.formats._write import BlockStream
 from neuroxr.formats.nwb.streams import ForwardRows, SpilledRows
-from neuroxr.formats.nwb.timeline import parse_trial_timestamps, spread_ties, trial_stops
+from neuroxr.formats.nwb.timeline import frame_time_axis, parse_trial_timestamps, spread_ties, trial_stops
+from neuroxr.formats.nwb.write import ExportOptions, start_trial_rows
 from neuroxr.formats.nwb import open_nwb, to_nwb
 from neuroxr.synthetic import make_scan
 
@@ -489,6 +490,25 @@ def test_row_sources_read_each_block_once(tmp_path: Path) -> None:
     finally:
         spilled.close()
     assert not (tmp_path / "rows.raw").exists()
+
+
+@pytest.mark.parametrize("zip", [False, True], ids=["folder", "zip"])
+def test_release_files_stream_in_presentation_order_without_a_spill(tmp_path: Path, zip: bool) -> None:
+    """Trial files read any trials in any order: a video scan out of presentation order is read in
+    NWB order straight from its files, with no scratch file; the round trip is exact."""
+    scan = neuroxr.write_scan(tmp_path / ("scan.zip" if zip else "scan"), zip=zip, **VIDEO, competition=True, seed=6)
+    source = neuroxr.open_scan(scan)
+    axis = frame_time_axis(source)
+    assert not axis.identity  # the synthetic files are not in presentation order
+    for name in ("videos", "responses"):
+        rows = start_trial_rows(source[name], axis, tmp_path / "spill.raw", ExportOptions())
+        try:
+            assert isinstance(rows.source, ForwardRows) and rows.order is None
+        finally:
+            rows.close()
+        assert not (tmp_path / "spill.raw").exists()
+    path = to_nwb(source, tmp_path / "video.nwb")
+    xr.testing.assert_identical(open_nwb(path), source)
 
 
 def test_a_mixed_release_goes_to_a_folder_of_files_and_comes_back(mixed_release: Path, tmp_path: Path) -> None:

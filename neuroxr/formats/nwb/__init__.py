@@ -114,8 +114,9 @@ def to_nwb(
 
 
 def _needed_bytes(data: xr.Dataset | xr.DataTree, compression: str | None) -> int:
-    """The free space an export needs: every variable's bytes uncompressed; compressed, at least the
-    raw spill of the streamed per-trial arrays (written beside the target when they are reordered)."""
+    """The free space an export needs: every variable's bytes uncompressed; compressed, the raw bytes
+    of the streamed per-trial arrays (their spill, where one is written beside the target; else a
+    bound on the file that keeps HDF5 from running into a full disk, which it does not survive)."""
     nodes = node_datasets(data)
     if not compression:
         return uncompressed_bytes(nodes)

@@ -13,9 +13,12 @@ current one is written:
 
 - per-trial arrays (responses; the videos of a video scan; any other per-trial variable) go
   through an hdmf ``GenericDataChunkIterator`` (``streams``). Rows are written in presentation
-  order (NWB times must ascend) while a scan's files usually are not; when the orders differ the
-  array is first spilled in file order to a raw scratch file (in the background, while pynwb builds
-  the file) and read back row by row, so the source is read once and never held whole in memory.
+  order (NWB times must ascend) while a scan's files usually are not. Trial files (a scan opened
+  with ``neuroxr.open_scan``) are read in any order at the same cost, so their blocks are simply
+  read in presentation order; an array in memory gives its rows in any order. Only another dask
+  array (a graph of other operations, computed a block at a time) is first spilled in its own order
+  to a raw scratch file (in the background, while pynwb builds the file) and read back row by row,
+  so that it is computed once and never held whole in memory.
   A video scan's trials are laid end to end on one time axis, their padding left out
   (:class:`~neuroxr.formats.nwb.streams.FrameRows`).
 - images (``images``): pynwb writes the structure with a placeholder; then one pass over the image
@@ -23,7 +26,7 @@ current one is written:
   and the attributes pynwb would give it, as uint8 where that is exact. pynwb itself spends
   milliseconds on each of thousands of Image objects.
 
-Scratch files sit beside the target and are removed at the end, whatever happens.
+Scratch files (spills) sit beside the target and are removed at the end, whatever happens.
 """
 
 from __future__ import annotations
@@ -61,8 +64,9 @@ from neuroxr.formats.nwb.metadata import (
     repeats_subject,
     session_fields,
 )
-from neuroxr.formats.nwb.streams import BackgroundRows, ForwardRows, FrameRows, SpilledRows, iterator_class
+from neuroxr.formats.nwb.streams import ArrayRows, BackgroundRows, ForwardRows, FrameRows, SpilledRows, iterator_class
 from neuroxr.formats.nwb.timeline import TimeAxis, Timing, dataset_rows, frame_time_axis, trial_time_axis
+from neuroxr.lazy import WholeReadArray
 
 #: The image pynwb writes in place of the images, which are added (and it removed) after pynwb.
 PLACEHOLDER_IMAGE = "neuroxr_placeholder"
@@ -542,18 +546,31 @@ def _chunked(array: xr.DataArray) -> xr.DataArray:
 # streamed per-trial arrays
 
 
+def read_in_any_order(variable: xr.DataArray) -> bool:
+    """Whether ``variable``'s trials are read in any order at no extra cost (held in memory, or trial
+    files: a :class:`~neuroxr.lazy.WholeReadArray`), so that streaming it in presentation order needs
+    no spill.
+
+    >>> read_in_any_order(neuroxr.make_scan(n_trials=24, n_neurons=4).responses + 1)  # a dask graph
+    False
+    """
+    return isinstance(variable.data, (np.ndarray, WholeReadArray))
+
+
 @dataclass(frozen=True)
 class TrialRows:
     """A per-trial array in NWB row order: NWB row k is ``source.get(order[k])``, or row k itself when
-    ``order`` is None (the Dataset is in presentation order and its blocks are read forward).
+    ``order`` is None (``source`` then serves rows in NWB order: blocks read forward).
 
-    When the orders differ, ``source`` is the spill: the array copied in Dataset order to a raw
-    scratch file by a background thread. :meth:`close` ends the background threads either way (and
-    removes the spill's file).
+    ``source`` is one of: a :class:`ForwardRows` (the Dataset's blocks, already in NWB order, or
+    trial files read in NWB order), an :class:`ArrayRows` (an array in memory) or, for another
+    dask array when the orders differ, the spill: the array copied in Dataset order to a raw
+    scratch file by a background thread. :meth:`close` ends the background threads in every case
+    (and removes the spill's file).
     """
 
     name: str
-    source: ForwardRows | BackgroundRows
+    source: ForwardRows | ArrayRows | BackgroundRows
     order: np.ndarray | None
 
     def close(self) -> None:
@@ -562,14 +579,34 @@ class TrialRows:
 
 
 def start_trial_rows(variable: xr.DataArray, axis: TimeAxis, scratch: Path, options: ExportOptions) -> TrialRows:
-    """The rows of a per-trial array for :func:`stream_data`; when they must be reordered, the spill
-    to the raw file ``scratch`` starts now, in the background. The caller closes the result, however
-    the export ends.
-    """
-    stream = BlockStream(_chunked(variable).data)
-    if axis.identity:
-        return TrialRows(str(variable.name), ForwardRows(stream), None)
+    """The rows of a per-trial array for :func:`stream_data`, in NWB row order.
 
+    Blocks are read forward when the Dataset is in NWB order, and when its trials are trial files
+    (a :class:`~neuroxr.lazy.WholeReadArray`, whose blocks read any trials in any order: they are
+    asked for in NWB order). An array in memory gives its rows in any order. Any other dask array
+    in another order is spilled to the raw file ``scratch``, starting now, in the background. The
+    caller closes the result, however the export ends.
+
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan", n_trials=24, n_neurons=4))
+    >>> axis = trial_time_axis(ds)
+    >>> for responses in (ds.responses, ds.responses.compute(), ds.responses + 0):
+    ...     rows = start_trial_rows(responses, axis, tmp / "spill.raw", ExportOptions())
+    ...     print(type(rows.source).__name__, rows.order is None)
+    ...     rows.close()
+    ForwardRows True
+    ArrayRows False
+    BackgroundRows False
+    """
+    name = str(variable.name)
+    if isinstance(variable.data, np.ndarray):
+        return TrialRows(name, ArrayRows(variable.data), None if axis.identity else axis.rows)
+    data = _chunked(variable).data
+    if axis.identity:
+        return TrialRows(name, ForwardRows(BlockStream(data)), None)
+    if read_in_any_order(variable):
+        return TrialRows(name, ForwardRows(BlockStream(data[axis.rows])), None)  # blocks that read those trials
+
+    stream = BlockStream(data)
     display = options.display
     if display is not None:
         display.add(len(stream))
@@ -578,7 +615,7 @@ def start_trial_rows(variable: xr.DataArray, axis: TimeAxis, scratch: Path, opti
         return SpilledRows(stream, scratch, on_block=display.advance if display is not None else None)
 
     shape = tuple(int(size) for size in variable.shape)
-    return TrialRows(str(variable.name), BackgroundRows(spill, shape), axis.rows)
+    return TrialRows(name, BackgroundRows(spill, shape), axis.rows)
 
 
 def stream_data(rows: TrialRows, variable: xr.DataArray, axis: TimeAxis, options: ExportOptions) -> Any:
