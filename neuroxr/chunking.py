@@ -11,8 +11,10 @@ File chunks (:func:`file_chunks`) are chosen for the two reads people make of an
 measured in ``benchmarks/bench_layout.py``: one trial (a training loop) and one neuron across all
 trials (tuning curves), while a whole variable still streams a block at a time. A per-trial
 variable is cut into chunks of about :data:`FILE_CHUNK_BYTES`: one trial of images per chunk;
-responses in chunks of 8 trials x 1,000 neurons, so that one trial reads 8 small chunks and one
-neuron reads one chunk per 8 trials. In Zarr these are the inner chunks of shards that are whole
+responses in chunks of 64 trials x 1,000 neurons, so that one trial reads 8 chunks and one
+neuron reads one chunk per 64 trials. (32 kB chunks, 8 trials of responses, measured half this
+whole-variable throughput from NetCDF, HDF5's cost per chunk; 256 kB costs a trial read about
+1 ms more.) In Zarr these are the inner chunks of shards that are whole
 blocks (few files, one write per block); in NetCDF they are the HDF5 chunks.
 """
 
@@ -28,7 +30,7 @@ CHUNK_BYTES = 64 * 2**20
 #: A block of more trials than this is a multiple of it (file chunks hold 1 to this many trials).
 TRIAL_ALIGNMENT = 64
 #: Bytes of one file chunk of a per-trial variable (more when one trial alone is larger) ...
-FILE_CHUNK_BYTES = 32 * 2**10
+FILE_CHUNK_BYTES = 256 * 2**10
 #: ... holding at most this many neurons across.
 NEURONS_PER_FILE_CHUNK = 1000
 
@@ -59,7 +61,7 @@ def file_chunks(dims: tuple[str, ...], shape: tuple[int, ...], itemsize: int, bl
     divides ``block`` (one trial when a trial alone is larger), every other axis whole.
 
     >>> file_chunks(("trial", "neuron"), (7000, 8000), 4, 448)
-    (8, 1000)
+    (64, 1000)
     >>> file_chunks(("trial", "channel", "y", "x"), (7000, 1, 144, 256), 4, 448)
     (1, 1, 144, 256)
     >>> file_chunks(("trial", "behavior_variable"), (7000, 3), 4, 448)

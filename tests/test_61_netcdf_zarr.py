@@ -201,9 +201,10 @@ def test_file_chunks_serve_one_trial_and_one_neuron(synthetic, tmp_path: Path) -
 
     import netCDF4
 
-    ds = synthetic(n_trials=128, n_neurons=2100, image_shape=(1, 36, 64), chunk_trials=64)
+    ds = synthetic(n_trials=256, n_neurons=2100, image_shape=(1, 36, 64), chunk_trials=128)
     store = to_zarr(ds, tmp_path / "scan.zarr")
-    expected = {"responses": ([64, 2100], [8, 700]), "images": ([64, 1, 36, 64], [2, 1, 36, 64])}
+    # about 256 kB per file chunk: neurons split evenly (at most 1,000), then a power of two of trials
+    expected = {"responses": ([128, 2100], [64, 700]), "images": ([128, 1, 36, 64], [16, 1, 36, 64])}
     for name, (shard, inner) in expected.items():
         meta = json.loads((store / name / "zarr.json").read_text())
         assert meta["chunk_grid"]["configuration"]["chunk_shape"] == shard
@@ -211,7 +212,7 @@ def test_file_chunks_serve_one_trial_and_one_neuron(synthetic, tmp_path: Path) -
         assert codec["configuration"]["chunk_shape"] == inner
         assert len(list((store / name / "c").rglob("*"))) - len(list((store / name / "c").rglob("*/"))) <= 2 * 2  # 2 shards
     with netCDF4.Dataset(to_netcdf(ds, tmp_path / "scan.nc")) as file:
-        assert file["responses"].chunking() == [8, 700] and file["images"].chunking() == [2, 1, 36, 64]
+        assert file["responses"].chunking() == [64, 700] and file["images"].chunking() == [16, 1, 36, 64]
     for back in (open_zarr(store), open_netcdf(tmp_path / "scan.nc")):
         np.testing.assert_array_equal(back.responses[:, 777].values, ds.responses[:, 777].values)
         np.testing.assert_array_equal(back.images[101].values, ds.images[101].values)
@@ -464,7 +465,7 @@ def test_open_mfdataset_combines_two_scans_along_scan_or_refuses(synthetic, tmp_
 def test_the_blocks_layout_writes_one_chunk_per_block(tiny, tmp_path: Path, fmt: str) -> None:
     write, read, suffix, plain_read = FORMATS[fmt]
     ds = tiny(n_neurons=2100)
-    for layout, chunks in (("access", (8, 700)), ("blocks", (16, 2100))):
+    for layout, chunks in (("access", (16, 700)), ("blocks", (16, 2100))):
         plain = plain_read(write(ds, tmp_path / f"{layout}{suffix}", layout=layout))
         stored = plain.responses.encoding.get("chunksizes") or plain.responses.encoding["chunks"]
         assert tuple(stored) == chunks, layout

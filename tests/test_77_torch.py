@@ -435,7 +435,7 @@ def bytes_read() -> int:
 @pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs Linux's per-process I/O counters")
 def test_a_batch_from_netcdf_reads_only_the_file_chunks_of_its_trials(tmp_path: Path) -> None:
     """Not the dask chunk (here: every trial) that holds them: one batch reads its trials' HDF5 chunks."""
-    ds = neuroxr.open_scan(write_tiny_scan(tmp_path, n_trials=200, image_shape=(1, 36, 64)))
+    ds = neuroxr.open_scan(write_tiny_scan(tmp_path, n_trials=200, image_shape=(1, 72, 256)))
     path = neuroxr.to_netcdf(ds, tmp_path / "scan.nc")
     opened = neuroxr.open(path)
     assert opened.images.data.numblocks[0] == 1  # one dask chunk holds every trial

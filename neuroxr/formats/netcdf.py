@@ -12,7 +12,7 @@ which xarray ignores.
 
 Data variables are written block by block from dask, to a temporary name beside the target that is
 renamed at the end. The HDF5 chunks are the chunk policy's file chunks
-(:func:`neuroxr.chunking.file_chunks`: one trial of images, 8 trials x 1,000 neurons of
+(:func:`neuroxr.chunking.file_chunks`: one trial of images, 64 trials x 1,000 neurons of
 responses), so one trial and one neuron across all trials are quick reads; :func:`open_netcdf`
 gives dask chunks of whole blocks of trials.
 """

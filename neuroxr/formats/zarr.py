@@ -3,7 +3,7 @@
 The store has consolidated metadata. Each per-trial variable is sharded: one shard per dask chunk
 (a whole block of trials, so dask writes every shard once, in parallel, with no lock), holding the
 small inner chunks of the chunk policy (:func:`neuroxr.chunking.file_chunks`: one trial of
-images, 8 trials x 1,000 neurons of responses), so that one trial and one neuron across all trials
+images, 64 trials x 1,000 neurons of responses), so that one trial and one neuron across all trials
 are both quick reads while a whole variable still streams a shard at a time. Plain ``xr.open_zarr`` / ``xr.open_datatree(engine="zarr")``
 read it back identical to the source, dtypes included: strings are stored with their numpy width
 (zarr-python's ``fixed_length_utf32`` data type), booleans as booleans, uint16 as uint16.
