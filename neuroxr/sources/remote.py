@@ -136,7 +136,7 @@ def _classify(error: BaseException, remote: Remote, label: str) -> RemoteError:
         hint = " (no credentials found: set them up, or pass storage_options={'anon': True} for a public bucket)" if "Credentials" in name else ""
         return RemoteError(label, "unauthorised", f"unauthorised{hint}: {text}")
     if isinstance(error, (asyncio.TimeoutError, TimeoutError)) or "Timeout" in name:
-        return RemoteError(label, "timed out", f"timed out after {remote.timeout:g} s ({remote.retries + 1} tries)")
+        return RemoteError(label, "timed out", f"timed out after {remote.timeout:g} s ({remote.retries + 1} {'try' if remote.retries == 0 else 'tries'})")
     if isinstance(error, ConnectionRefusedError) or name in ("ClientConnectorError", "EndpointConnectionError"):
         return RemoteError(label, "refused", f"connection refused or host unreachable ({text})")
     return RemoteError(label, "failed", f"cannot be fetched ({name}: {text})")
