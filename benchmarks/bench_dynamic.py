@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from bench_read import deflated_members, medians, raw_read, stream, trial_files, zlib_loop
+from bench_read import deflated_members, medians, print_rows, raw_read, stream, trial_files, zlib_loop
 
 import neuroxr
 from neuroxr.formats.release import to_folder
@@ -127,10 +127,7 @@ def run(root: Path, n_trials: int, repeats: int) -> None:
             "neuroxr, deflated zip, streamed, first read (each video checked)": "zlib inflate loop, one core",
             "np.stack(np.load) loop": "raw byte reads (limit)",
         }
-        for method, seconds in measured.items():
-            baseline = against.get(method)
-            ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
-            print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
+        print_rows(variable, measured, against, megabytes)
 
     print("\n| convert to Zarr (fresh process) | trials | peak RSS (MB) |\n|---|---|---|")
     half = max(1, n_trials // 2)

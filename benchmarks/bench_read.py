@@ -248,10 +248,7 @@ def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) 
             "neuroxr, deflated zip, streamed": "zlib inflate loop, one core",
             "np.stack(np.load) loop": "raw byte reads (limit)",
         }
-        for method, seconds in measured.items():
-            baseline = against.get(method)
-            ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
-            print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
+        print_rows(variable, measured, against, megabytes)
 
     if kind == "static":
         compare_fresh_processes(paths, repeats)
@@ -271,6 +268,14 @@ def compare_fresh_processes(paths: dict[str, Path], repeats: int) -> None:
         print(f"| {kind}: neuralpredictors' first epoch, item by item{unpack} | {epoch:.2f} | 1.00 |")
         print(f"| {kind}: neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
 
+
+
+def print_rows(variable: str, measured: dict[str, float], against: dict[str, str], megabytes: float) -> None:
+    """One table row per method: seconds, MB/s, and the ratio to its baseline (another row) where it has one."""
+    for method, seconds in measured.items():
+        baseline = against.get(method)
+        ratio = f"**{measured[baseline] / seconds:.2f}**" if baseline else ""
+        print(f"| {variable} | {method} | {seconds:.3f} | {megabytes / seconds:,.0f} | {ratio} | {baseline or ''} |")
 
 
 def main() -> None:
