@@ -293,6 +293,45 @@ def test_a_device_that_fills_up_mid_write_leaves_nothing(tmp_path: Path) -> None
         assert entries(small) == ["keep.txt"]
 
 
+NEARLY_FULL = """
+import os, shutil, sys
+from pathlib import Path
+import neuroxr
+device = Path(sys.argv[1])
+scan = neuroxr.make_scan(n_trials=40, n_neurons=2000, image_shape=(1, 36, 64), chunk_trials=10)
+scan = scan.isel(trial=scan.trial.values.argsort()[::-1])  # out of presentation order: spilled first
+for free in map(int, sys.argv[2:]):
+    with open(device / "fill", "wb") as fill:
+        fill.write(bytes(shutil.disk_usage(device).free - free))
+    try:
+        neuroxr.to_nwb(scan, device / "out.nwb", compression="gzip")
+        print("ok", sorted(os.listdir(device)), flush=True)
+    except OSError as error:
+        print(error.errno, error, sorted(os.listdir(device)), flush=True)
+    for name in os.listdir(device):
+        os.remove(device / name)
+"""
+
+
+def test_a_compressed_nwb_export_never_meets_a_full_disk_half_way(tmp_path: Path) -> None:
+    """HDF5 does not survive a full disk in the middle of a write (the process may crash closing the
+    file), so the free-space check must bound what the export writes, scratch files included, whatever
+    the compression: at every free space the export is written or refused before it starts."""
+    script = tmp_path / "nearly_full.py"
+    script.write_text(textwrap.dedent(NEARLY_FULL))
+    with small_filesystem(tmp_path / "small", "8m") as small:
+        sizes = [100_000 * k for k in (3, 6, 9, 12, 15, 18, 21, 24, 30)]
+        run = subprocess.run([sys.executable, str(script), str(small), *map(str, sizes)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert len(lines) == len(sizes), run.stdout
+    for line in lines:
+        written = line == "ok ['fill', 'out.nwb']"
+        refused = line.startswith("28 ") and "not enough space: the export needs about" in line and line.endswith("['fill']")
+        assert written or refused, line
+    assert lines[-1].startswith("ok") and lines[0].startswith("28 "), lines
+
+
 def test_a_device_that_is_already_full_is_named_by_every_export(tmp_path: Path, scan) -> None:
     """Not one block free: the first write of an export (its lock file) already fails, and says where."""
     with small_filesystem(tmp_path / "full", "64k") as full:

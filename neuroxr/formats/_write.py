@@ -379,9 +379,22 @@ def check_free_space(target: str | os.PathLike[str], needed: int) -> None:
     if free < needed:
         raise OSError(
             errno.ENOSPC,
-            f"{target}: not enough space: the export needs about {needed / 1e9:.2f} GB, "
-            f"the device holding {parent} has {free / 1e9:.2f} GB free",
+            f"{target}: not enough space: the export needs about {readable_size(needed)}, "
+            f"the device holding {parent} has {readable_size(free)} free",
         )
+
+
+def readable_size(size: int) -> str:
+    """``size`` bytes in the unit that keeps three digits.
+
+    >>> readable_size(339_968), readable_size(1_175_185), readable_size(5_000_000_000), readable_size(12)
+    ('340 kB', '1.18 MB', '5.00 GB', '12 bytes')
+    """
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.{max(0, 2 - int(np.log10(value)))}f} {unit}"
+    return f"{size} bytes"
 
 
 def explain_write_error(error: BaseException, target: str | os.PathLike[str]) -> BaseException:

@@ -546,6 +546,24 @@ def _chunked(array: xr.DataArray) -> xr.DataArray:
 # streamed per-trial arrays
 
 
+def spills(variable: xr.DataArray, axis: TimeAxis) -> bool:
+    """Whether :func:`start_trial_rows` copies ``variable`` to a scratch file beside the target first:
+    a dask array other than trial files, whose trials are not in NWB order.
+
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan", n_trials=24, n_neurons=4))
+    >>> [spills(responses, trial_time_axis(ds)) for responses in (ds.responses, ds.responses + 0)]
+    [False, True]
+    """
+    return not (isinstance(variable.data, np.ndarray) or axis.identity or read_in_any_order(variable))
+
+
+def scratch_bytes(ds: xr.Dataset) -> int:
+    """The bytes of the scratch files :func:`write_nwb_file` writes beside its target (see :func:`spills`)."""
+    video = is_video_scan(ds)
+    axis = frame_time_axis(ds) if video else trial_time_axis(ds)  # the order, whatever the times
+    return sum(int(ds[name].nbytes) for name in streamed_variables(ds, video) if spills(ds[name], axis))
+
+
 def read_in_any_order(variable: xr.DataArray) -> bool:
     """Whether ``variable``'s trials are read in any order at no extra cost (held in memory, or trial
     files: a :class:`~neuroxr.lazy.WholeReadArray`), so that streaming it in presentation order needs
