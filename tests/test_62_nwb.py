@@ -25,9 +25,8 @@ import neuroxr
 import neuroxr.cli
 from neuroxr.errors import ScanError, TargetExistsError
 from neuroxr.formats._write import BlockStream
-from neuroxr.formats.nwb.streams import ForwardRows, SpilledRows
+from neuroxr.formats.nwb.streams import ForwardRows, SpilledRows, start_trial_rows
 from neuroxr.formats.nwb.timeline import frame_time_axis, parse_trial_timestamps, spread_ties, trial_stops
-from neuroxr.formats.nwb.write import ExportOptions, start_trial_rows
 from neuroxr.formats.nwb import open_nwb, to_nwb
 from neuroxr.synthetic import make_scan
 
@@ -501,7 +500,7 @@ def test_release_files_stream_in_presentation_order_without_a_spill(tmp_path: Pa
     axis = frame_time_axis(source)
     assert not axis.identity  # the synthetic files are not in presentation order
     for name in ("videos", "responses"):
-        rows = start_trial_rows(source[name], axis, tmp_path / "spill.raw", ExportOptions())
+        rows = start_trial_rows(source[name], axis.rows, tmp_path / "spill.raw")
         try:
             assert isinstance(rows.source, ForwardRows) and rows.order is None
         finally:

@@ -1,7 +1,7 @@
 """Streaming the big arrays of a scan into NWB: rows served in any order (forward from a
 :class:`~neuroxr.formats._write.BlockStream`, or spilled to a raw scratch file), the frames of
-video-scan trials laid end to end (:class:`FrameRows`), and the hdmf data chunk iterator that feeds
-them to pynwb.
+video-scan trials laid end to end (:class:`FrameRows`), the hdmf data chunk iterator that feeds
+them to pynwb, and :func:`start_trial_rows`, which picks the way for a per-trial array.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ import functools
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import xarray as xr
 
-from neuroxr.formats._write import BlockStream
+from neuroxr.formats._write import BlockStream, Progress
+from neuroxr.lazy import WholeReadArray
 
 class ForwardRows:
     """Row ranges of a :class:`BlockStream`, asked for in increasing order (each block read once)."""
@@ -203,3 +206,95 @@ def iterator_class() -> type:
             return self._dtype_value
 
     return RowsIterator
+
+
+# ----------------------------------------------------------------------------------------------
+# a per-trial array's rows in NWB order
+
+
+def chunked(array: xr.DataArray) -> xr.DataArray:
+    """``array`` as a dask array: one chunk when it is held in memory."""
+    return array.chunk({"trial": max(1, array.sizes["trial"])}) if array.chunks is None else array
+
+
+def read_in_any_order(variable: xr.DataArray) -> bool:
+    """Whether ``variable``'s trials are read in any order at no extra cost (held in memory, or trial
+    files: a :class:`~neuroxr.lazy.WholeReadArray`), so that streaming it in presentation order needs
+    no spill.
+
+    >>> read_in_any_order(neuroxr.make_scan(n_trials=24, n_neurons=4).responses + 1)  # a dask graph
+    False
+    """
+    return isinstance(variable.data, (np.ndarray, WholeReadArray))
+
+
+def spills(variable: xr.DataArray, order: np.ndarray | None) -> bool:
+    """Whether :func:`start_trial_rows` copies ``variable`` to a scratch file first: a dask array other
+    than trial files, whose trials are read in another ``order`` (None: the Dataset's own).
+
+    >>> ds = neuroxr.make_scan(n_trials=24, n_neurons=4)
+    >>> spills(ds.responses, None), spills(ds.responses, np.arange(24)[::-1]), spills(ds.responses.compute(), np.arange(24)[::-1])
+    (False, True, False)
+    """
+    return order is not None and not read_in_any_order(variable)
+
+
+@dataclass(frozen=True)
+class TrialRows:
+    """A per-trial array in NWB row order: NWB row k is ``source.get(order[k])``, or row k itself when
+    ``order`` is None (``source`` then serves rows in NWB order: blocks read forward).
+
+    ``source`` is one of: a :class:`ForwardRows` (the Dataset's blocks, already in NWB order, or
+    trial files read in NWB order), an :class:`ArrayRows` (an array in memory) or, for another
+    dask array when the orders differ, the spill: the array copied in Dataset order to a raw
+    scratch file by a background thread. :meth:`close` ends the background threads in every case
+    (and removes the spill's file).
+    """
+
+    name: str
+    source: ForwardRows | ArrayRows | BackgroundRows
+    order: np.ndarray | None
+
+    def close(self) -> None:
+        """End the background threads of ``source`` and remove its scratch file, if any."""
+        self.source.close()
+
+
+def start_trial_rows(variable: xr.DataArray, order: np.ndarray | None, scratch: Path, display: Progress | None = None) -> TrialRows:
+    """The rows of a per-trial array in NWB row order: NWB row k is Dataset trial ``order[k]`` (None:
+    the Dataset's own order). ``display``: the export's progress, told of a spill's blocks.
+
+    Blocks are read forward when the Dataset is in NWB order, and when its trials are trial files
+    (a :class:`~neuroxr.lazy.WholeReadArray`, whose blocks read any trials in any order: they are
+    asked for in NWB order). An array in memory gives its rows in any order. Any other dask array
+    in another order is spilled to the raw file ``scratch``, starting now, in the background. The
+    caller closes the result, however the export ends.
+
+    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan", n_trials=24, n_neurons=4))
+    >>> order = np.arange(24)[::-1]
+    >>> for responses in (ds.responses, ds.responses.compute(), ds.responses + 0):
+    ...     rows = start_trial_rows(responses, order, tmp / "spill.raw")
+    ...     print(type(rows.source).__name__, rows.order is None)
+    ...     rows.close()
+    ForwardRows True
+    ArrayRows False
+    BackgroundRows False
+    """
+    name = str(variable.name)
+    if isinstance(variable.data, np.ndarray):
+        return TrialRows(name, ArrayRows(variable.data), order)
+    data = chunked(variable).data
+    if order is None:
+        return TrialRows(name, ForwardRows(BlockStream(data)), None)
+    if not spills(variable, order):
+        return TrialRows(name, ForwardRows(BlockStream(data[order])), None)  # blocks that read those trials
+
+    stream = BlockStream(data)
+    if display is not None:
+        display.add(len(stream))
+
+    def spill() -> SpilledRows:
+        return SpilledRows(stream, scratch, on_block=display.advance if display is not None else None)
+
+    shape = tuple(int(size) for size in variable.shape)
+    return TrialRows(name, BackgroundRows(spill, shape), order)

@@ -42,7 +42,7 @@ import numpy as np
 import xarray as xr
 
 from neuroxr import chunking, datamodel
-from neuroxr.formats._write import BlockStream, Progress
+from neuroxr.formats._write import Progress
 from neuroxr.formats.nwb import mapping
 from neuroxr.formats.nwb.images import ImageGroup, write_distinct_images
 from neuroxr.formats.nwb.mapping import MappingDocument, constant_store, dataset_store, json_value
@@ -64,9 +64,8 @@ from neuroxr.formats.nwb.metadata import (
     repeats_subject,
     session_fields,
 )
-from neuroxr.formats.nwb.streams import ArrayRows, BackgroundRows, ForwardRows, FrameRows, SpilledRows, iterator_class
+from neuroxr.formats.nwb.streams import FrameRows, TrialRows, chunked, iterator_class, spills, start_trial_rows
 from neuroxr.formats.nwb.timeline import TimeAxis, Timing, dataset_rows, frame_time_axis, trial_time_axis
-from neuroxr.lazy import WholeReadArray
 
 #: The image pynwb writes in place of the images, which are added (and it removed) after pynwb.
 PLACEHOLDER_IMAGE = "neuroxr_placeholder"
@@ -186,7 +185,8 @@ def write_nwb_file(ds: xr.Dataset, path: str | os.PathLike[str], options: Export
     sources: dict[str, TrialRows] = {}
     try:
         for name in streamed_variables(ds, video):  # spills start now and overlap building the file
-            sources[name] = start_trial_rows(ds[name], axis, written.with_name(f"{written.name}.{name}.raw"), options)
+            scratch = written.with_name(f"{written.name}.{name}.raw")
+            sources[name] = start_trial_rows(ds[name], None if axis.identity else axis.rows, scratch, options.display)
         timing = Timing(axis)
         document = MappingDocument(ds, dataset_rows=dataset_rows(ds, axis), tree=options.tree)
         small = {name: np.asarray(ds[name].values) for name in ("behavior", "pupil_center") if name in ds}
@@ -507,7 +507,7 @@ def fill_images(
     """
     import h5py
 
-    images = _chunked(ds["images"])
+    images = chunked(ds["images"])
     channel_axis = 1 if images.ndim == 4 else None
     if "image_id" in ds.coords and ds["image_id"].dims == ("trial",):
         image_ids = np.asarray(ds["image_id"].values)
@@ -537,103 +537,16 @@ def _sort_key(value: Any) -> tuple[int, Any]:
     return (0, value) if isinstance(value, (int, float, np.integer, np.floating)) else (1, str(value))
 
 
-def _chunked(array: xr.DataArray) -> xr.DataArray:
-    """``array`` as a dask array: one chunk when it is held in memory."""
-    return array.chunk({"trial": max(1, array.sizes["trial"])}) if array.chunks is None else array
-
-
 # ----------------------------------------------------------------------------------------------
 # streamed per-trial arrays
-
-
-def spills(variable: xr.DataArray, axis: TimeAxis) -> bool:
-    """Whether :func:`start_trial_rows` copies ``variable`` to a scratch file beside the target first:
-    a dask array other than trial files, whose trials are not in NWB order.
-
-    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan", n_trials=24, n_neurons=4))
-    >>> [spills(responses, trial_time_axis(ds)) for responses in (ds.responses, ds.responses + 0)]
-    [False, True]
-    """
-    return not (isinstance(variable.data, np.ndarray) or axis.identity or read_in_any_order(variable))
 
 
 def scratch_bytes(ds: xr.Dataset) -> int:
     """The bytes of the scratch files :func:`write_nwb_file` writes beside its target (see :func:`spills`)."""
     video = is_video_scan(ds)
     axis = frame_time_axis(ds) if video else trial_time_axis(ds)  # the order, whatever the times
-    return sum(int(ds[name].nbytes) for name in streamed_variables(ds, video) if spills(ds[name], axis))
-
-
-def read_in_any_order(variable: xr.DataArray) -> bool:
-    """Whether ``variable``'s trials are read in any order at no extra cost (held in memory, or trial
-    files: a :class:`~neuroxr.lazy.WholeReadArray`), so that streaming it in presentation order needs
-    no spill.
-
-    >>> read_in_any_order(neuroxr.make_scan(n_trials=24, n_neurons=4).responses + 1)  # a dask graph
-    False
-    """
-    return isinstance(variable.data, (np.ndarray, WholeReadArray))
-
-
-@dataclass(frozen=True)
-class TrialRows:
-    """A per-trial array in NWB row order: NWB row k is ``source.get(order[k])``, or row k itself when
-    ``order`` is None (``source`` then serves rows in NWB order: blocks read forward).
-
-    ``source`` is one of: a :class:`ForwardRows` (the Dataset's blocks, already in NWB order, or
-    trial files read in NWB order), an :class:`ArrayRows` (an array in memory) or, for another
-    dask array when the orders differ, the spill: the array copied in Dataset order to a raw
-    scratch file by a background thread. :meth:`close` ends the background threads in every case
-    (and removes the spill's file).
-    """
-
-    name: str
-    source: ForwardRows | ArrayRows | BackgroundRows
-    order: np.ndarray | None
-
-    def close(self) -> None:
-        """End the background threads of ``source`` and remove its scratch file, if any."""
-        self.source.close()
-
-
-def start_trial_rows(variable: xr.DataArray, axis: TimeAxis, scratch: Path, options: ExportOptions) -> TrialRows:
-    """The rows of a per-trial array for :func:`stream_data`, in NWB row order.
-
-    Blocks are read forward when the Dataset is in NWB order, and when its trials are trial files
-    (a :class:`~neuroxr.lazy.WholeReadArray`, whose blocks read any trials in any order: they are
-    asked for in NWB order). An array in memory gives its rows in any order. Any other dask array
-    in another order is spilled to the raw file ``scratch``, starting now, in the background. The
-    caller closes the result, however the export ends.
-
-    >>> ds = neuroxr.open_scan(neuroxr.write_scan(tmp / "scan", n_trials=24, n_neurons=4))
-    >>> axis = trial_time_axis(ds)
-    >>> for responses in (ds.responses, ds.responses.compute(), ds.responses + 0):
-    ...     rows = start_trial_rows(responses, axis, tmp / "spill.raw", ExportOptions())
-    ...     print(type(rows.source).__name__, rows.order is None)
-    ...     rows.close()
-    ForwardRows True
-    ArrayRows False
-    BackgroundRows False
-    """
-    name = str(variable.name)
-    if isinstance(variable.data, np.ndarray):
-        return TrialRows(name, ArrayRows(variable.data), None if axis.identity else axis.rows)
-    data = _chunked(variable).data
-    if axis.identity:
-        return TrialRows(name, ForwardRows(BlockStream(data)), None)
-    if read_in_any_order(variable):
-        return TrialRows(name, ForwardRows(BlockStream(data[axis.rows])), None)  # blocks that read those trials
-
-    stream = BlockStream(data)
-    display = options.display
-    if display is not None:
-        display.add(len(stream))
-
-    def spill() -> SpilledRows:
-        return SpilledRows(stream, scratch, on_block=display.advance if display is not None else None)
-
-    shape = tuple(int(size) for size in variable.shape)
-    return TrialRows(name, BackgroundRows(spill, shape), axis.rows)
+    order = None if axis.identity else axis.rows
+    return sum(int(ds[name].nbytes) for name in streamed_variables(ds, video) if spills(ds[name], order))
 
 
 def stream_data(rows: TrialRows, variable: xr.DataArray, axis: TimeAxis, options: ExportOptions) -> Any:
