@@ -105,7 +105,7 @@ def _validate(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from neuroxr.layout import read_layout
-    from neuroxr.layout.check import check_files
+    from neuroxr.layout.check import check_files, files_to_check
 
     try:
         layout = read_layout(args.path, strict=False, **opening_options(args, args.path))  # every structural problem
@@ -114,7 +114,7 @@ def _validate(args: argparse.Namespace) -> int:
         return 1
     total = layout.n_trials * len(layout.variables)
     problems = list(layout.problems)
-    with tqdm(total=total, unit="file", desc="checking", disable=args.quiet, file=sys.stderr) as bar:
+    with tqdm(total=files_to_check(layout), unit="file", desc="checking", disable=args.quiet, file=sys.stderr) as bar:
         for problem in check_files(layout, progress=bar.update):
             problems.append(problem)
     for problem in problems:

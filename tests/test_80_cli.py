@@ -60,6 +60,13 @@ def test_validate_and_errors(demo: Path, tmp_path: Path, capsys: pytest.CaptureF
     assert "no such file or folder" in capsys.readouterr().err
 
 
+def test_validate_progress_counts_every_file_it_reads(demo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = next(p for p in demo.iterdir() if p.is_dir())
+    files = len(list((folder / "data").glob("*/*.npy"))) + len(list((folder / "meta" / "statistics").rglob("*.npy")))
+    assert main(["validate", str(folder)]) == 0
+    assert f"{files}/{files}" in capsys.readouterr().err
+
+
 def test_convert_to_the_release_layout_and_zip(demo: Path, tmp_path: Path) -> None:
     folder = next(p for p in demo.iterdir() if p.is_dir())
     assert main(["convert", "-q", str(folder), str(tmp_path / "copy.zip")]) == 0

@@ -7,20 +7,25 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.layout import ScanLayout
+from neuroxr.layout import ScanLayout, StatisticFile
 from neuroxr.npy import HEADER_PROBE, check_size, parse_header
 
 #: Files read in one batch (one round of requests for remote sources).
 BATCH = 64
 
 
+def files_to_check(layout: ScanLayout) -> int:
+    """How many files :func:`check_files` reads: every trial file and every statistics file."""
+    return layout.n_trials * len(layout.variables) + (len(_statistics_files(layout)) if layout.statistics_files is not None else 0)
+
+
 def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = None) -> Iterator[str]:
-    """Read every trial file whole; yield one message per problem, the file named first.
+    """Read every trial and statistics file whole; yield one message per problem, the file named first.
 
     A file must have file 0's header (or one that decodes to the same shape and type), hold exactly
     what its header promises, and, in a .zip, match the CRC-32 the archive records. Reads are
     bounded: no file is read past the size its variable's header allows. ``progress`` is called
-    with 1 after each file.
+    with 1 after each file (:func:`files_to_check` in all).
     """
     for variable in layout.variables.values():
         expected = variable.header
@@ -38,15 +43,21 @@ def check_files(layout: ScanLayout, progress: Callable[[int], None] | None = Non
                     yield problem
                 if progress is not None:
                     progress(1)
-    yield from _check_statistics(layout)
+    yield from _check_statistics(layout, progress)
 
 
-def _check_statistics(layout: ScanLayout) -> Iterator[str]:
+def _statistics_files(layout: ScanLayout) -> list[StatisticFile]:
+    """The statistics files of ``layout``, in their source's order."""
+    stored = (file for subsets in layout.statistics.values() for stats in subsets.values() for file in stats.values())
+    return sorted(stored, key=lambda file: file.number)
+
+
+def _check_statistics(layout: ScanLayout, progress: Callable[[int], None] | None) -> Iterator[str]:
     """Read every statistics file whole (opening read their headers only): its size and, in a .zip, its CRC-32."""
     files = layout.statistics_files
-    stored = sorted((file for subsets in layout.statistics.values() for stats in subsets.values() for file in stats.values()), key=lambda file: file.number)
     if files is None:
         return
+    stored = _statistics_files(layout)
     for first in range(0, len(stored), BATCH):
         batch = stored[first : first + BATCH]
         buffers = [bytearray(file.header.file_bytes) for file in batch]
@@ -62,6 +73,8 @@ def _check_statistics(layout: ScanLayout) -> Iterator[str]:
                 check_size(file.header, size if size <= len(buffer) else files.size(file.number), label)
             except ScanError as error:
                 yield str(error)
+            if progress is not None:
+                progress(1)
 
 
 def _check_one(variable, number: int, buffer: bytearray, size: int | None) -> str | None:  # type: ignore[no-untyped-def]
