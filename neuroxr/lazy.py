@@ -42,15 +42,21 @@ from neuroxr.sources import NumberedFiles, PerProcess
 
 #: Arrays of at least this many bytes get memory of their own from the kernel (see :func:`allocate`).
 MAPPED_BYTES = 4 * 2**20
+#: The size of a transparent huge page (x86-64, and arm64 with 4 kB pages): buffers of the block pool are multiples of it.
+HUGE_PAGE = 2 * 2**20
 
 
-def allocate(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
+def allocate(shape: tuple[int, ...], dtype: np.dtype | str, huge_pages: bool = False) -> np.ndarray:
     """A new, uninitialised array; a large one in an anonymous memory mapping of its own.
 
     numpy asks the kernel for transparent huge pages for large arrays; where the kernel then
     compacts memory synchronously to find them (``defrag=madvise``, a common default), the first
     touch of a gigabyte can stall for seconds. Plain pages cost a fault each, but never stall. The
     mapping is unmapped when the last array using it is gone.
+
+    ``huge_pages=True`` asks for them all the same (``MADV_HUGEPAGE``, where the platform has it):
+    for memory that is touched once and then reused many times, as the buffers of
+    :class:`BlockPool` are, where a TLB entry per 2 MB instead of per 4 kB pays on every reuse.
 
     >>> allocate((2, 3), "f4").shape
     (2, 3)
@@ -60,6 +66,11 @@ def allocate(shape: tuple[int, ...], dtype: np.dtype | str) -> np.ndarray:
     if nbytes < MAPPED_BYTES or dtype.hasobject:
         return np.empty(shape, dtype)
     memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            memory.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:  # a kernel without transparent huge pages: plain pages, as asked for otherwise
+            pass
     return np.ndarray(shape, dtype=dtype, buffer=memory)  # its base is the mapping: views of it refer to it
 
 
@@ -72,6 +83,12 @@ class BlockPool:
     ``keep`` x 64 MB with the default chunks) and hands one out again only when no array refers to
     it: every view of a block refers to the buffer that owns its memory, so CPython's reference
     count says so exactly. Blocks smaller than ``smallest`` bytes come straight from ``np.empty``.
+
+    A buffer is a whole number of transparent huge pages and asks the kernel for them
+    (:func:`allocate` with ``huge_pages=True``): the kernel copies a file into a block page by page,
+    and a 17.7 MB block of videos in 4 kB pages spans more pages than the TLB holds, so every read
+    paid for page-table walks that a 2.9 MB buffer reused by ``open(f).read()`` does not (measured:
+    a single-threaded read into blocks of 6 videos went from 0.81-0.88 to 0.91-0.99 of raw reads).
     """
 
     def __init__(self, keep: int = 4, smallest: int = 2**20) -> None:
@@ -91,8 +108,8 @@ class BlockPool:
             fits = [buffer for buffer in free if len(buffer) >= nbytes]
             if fits:
                 buffer = min(fits, key=len)
-            else:
-                buffer = allocate((nbytes,), np.uint8)
+            else:  # whole huge pages (a mapping of a multiple of their size starts on one, on Linux >= 6.7)
+                buffer = allocate((-(-nbytes // HUGE_PAGE) * HUGE_PAGE,), np.uint8, huge_pages=True)
                 if free:  # make room: a free buffer too small for blocks like this one
                     smallest = min(free, key=len)
                     self._buffers = [kept for kept in self._buffers if kept is not smallest]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 import neuroxr
 from neuroxr.layout import read_layout
-from neuroxr.lazy import TrialReader, TrialStackArray
+from neuroxr.lazy import HUGE_PAGE, TrialReader, TrialStackArray, allocate
 
 
 def reader_of(scan: Path, variable: str, masked: np.ndarray | None = None) -> TrialReader:
@@ -253,3 +253,41 @@ def test_streamed_blocks_reuse_the_memory_of_blocks_nobody_holds(sizeable_scan: 
     assert other.__array_interface__["data"][0] != held.__array_interface__["data"][0] - 5 * held[0].nbytes
     np.testing.assert_array_equal(held, expected[5:10])  # ... so it is not overwritten
     np.testing.assert_array_equal(other, expected[70:140])
+
+
+def transparent_huge_pages() -> str | None:
+    """The kernel's transparent huge page mode (``always``, ``madvise``, ``never``), None where it has none."""
+    try:
+        setting = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return None
+    return setting.split("[", 1)[1].split("]", 1)[0] if "[" in setting else None
+
+
+def huge_page_eligible(address: int) -> bool:
+    """Whether the kernel may back the mapping that holds ``address`` with huge pages (``THPeligible`` of /proc/self/smaps)."""
+    mapping = None
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        head = line.split(" ", 1)[0]
+        if "-" in head and ":" not in head:
+            low, high = (int(part, 16) for part in head.split("-"))
+            mapping = low <= address < high
+        elif mapping and line.startswith("THPeligible:"):
+            return line.split()[1] == "1"
+    raise AssertionError(f"no mapping with THPeligible holds {address:#x}")
+
+
+@pytest.mark.skipif(transparent_huge_pages() in (None, "never"), reason="no transparent huge pages on this system")
+def test_block_pool_memory_asks_for_huge_pages(sizeable_scan: Path) -> None:
+    """The pool's buffers, reused block after block, are whole huge pages the kernel may back as such (one TLB entry per
+    2 MB instead of per 4 kB: a 17.7 MB block of videos spans 4,320 small pages); a whole-variable array does not ask."""
+    block = reader_of(sizeable_scan, "images").read(np.arange(70))  # 4.6 MB
+    np.testing.assert_array_equal(block, eager(sizeable_scan, "images")[:70])
+    owner = block
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    assert owner.nbytes % HUGE_PAGE == 0 and owner.nbytes >= block.nbytes
+    assert huge_page_eligible(block.__array_interface__["data"][0])
+    if transparent_huge_pages() == "madvise":  # only the pool's buffers ask (``always`` makes every mapping eligible)
+        whole = allocate((8 * 2**20,), np.uint8)
+        assert not huge_page_eligible(whole.__array_interface__["data"][0])
