@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import collections
 import collections.abc
+import os
 import pickle
 import statistics
 import shutil
@@ -48,6 +49,7 @@ import neuroxr.torch
 from neuroxr.synthetic import release_name
 
 BATCH = 128
+FLOOR = "floor: ready-made batches"
 DataPoint = collections.namedtuple("DataPoint", ["images", "responses"])
 
 
@@ -73,6 +75,34 @@ class PerItemScan(Dataset):
             torch.from_numpy(((images - self.mean) / self.std).astype(np.float32)),
             torch.from_numpy((responses * self.precision).astype(np.float32)),
         )
+
+
+class ReadyMade(Dataset):
+    """The floor of any loader through torch's workers: batches of the same shapes and dtypes, made without reading.
+
+    A batch is new shared memory written once from a template, as torch's default collate makes a
+    worker's batch; torch then hands it to the main process like any other. No loader that delivers
+    these float32 batches from its workers can be faster than this.
+    """
+
+    def __init__(self, n_trials: int) -> None:
+        self.n_trials = n_trials
+        self.templates = (torch.rand(BATCH, 1, 144, 256), torch.rand(BATCH, 8000))
+
+    def __len__(self) -> int:
+        return self.n_trials
+
+    def __getitems__(self, trials: list[int]) -> DataPoint:
+        fields = []
+        for template in self.templates:
+            part = template[: len(trials)]
+            storage = torch.UntypedStorage._new_shared(part.numel() * part.element_size())
+            fields.append(torch.empty(0, dtype=part.dtype).set_(storage).view(part.shape).copy_(part))
+        return DataPoint(*fields)
+
+
+def whole(batch: DataPoint) -> DataPoint:
+    return batch
 
 
 class Memory:
@@ -141,6 +171,14 @@ def neuralpredictors_loader(scan: Path, train: np.ndarray, workers: int) -> Data
     return DataLoader(dataset, sampler=SubsetRandomSampler(train), batch_size=BATCH, num_workers=workers)
 
 
+def plain_dataloader(scan: Path, workers: int) -> DataLoader | None:
+    """neuroxr's dataset in a plain ``DataLoader``: its workers finish each batch and torch hands it over as it is."""
+    if not workers:
+        return None
+    loader = neuroxr.torch.static_loaders(scan, batch_size=BATCH, tier="train", seed=0, num_workers=workers)["train"]
+    return DataLoader(loader.dataset, sampler=loader.sampler, batch_size=BATCH, num_workers=workers, collate_fn=whole, prefetch_factor=1)
+
+
 def check(scan: Path, trials: np.ndarray) -> None:
     """neuroxr's batch of ``trials`` equals the per-item loader's."""
     ours = neuroxr.torch.static_loaders(scan, batch_size=BATCH, tier="train")["train"].dataset.__getitems__(trials)
@@ -179,14 +217,21 @@ def main() -> None:
     builders: dict[str, Callable[[int], DataLoader | None]] = {
         "per-item np.load": lambda workers: DataLoader(PerItemScan(scan), sampler=SubsetRandomSampler(train), batch_size=BATCH, num_workers=workers),
         "neuroxr": lambda workers: neuroxr.torch.static_loaders(scan, batch_size=BATCH, tier="train", seed=0, num_workers=workers)["train"],
+        "neuroxr, plain DataLoader": lambda workers: plain_dataloader(scan, workers),
         "neuralpredictors 0.3.0": lambda workers: neuralpredictors_loader(copy, train, workers),
+        FLOOR: lambda workers: DataLoader(
+            ReadyMade(len(tiers)), sampler=SubsetRandomSampler(train), batch_size=BATCH, num_workers=workers, collate_fn=whole, prefetch_factor=1
+        )
+        if workers
+        else None,
     }
     for workers in args.workers:
-        print(f"\nworkers={workers} (median of {args.repeats} first epochs, each loader made anew)")
+        print(f"\nworkers={workers} (median of {args.repeats} first epochs, each loader made anew; {os.getloadavg()[0]:.1f} load average)")
         times: dict[str, list[float]] = collections.defaultdict(list)
         memory_added: dict[str, list[int]] = collections.defaultdict(list)
+        running = dict(builders)
         for _ in range(args.repeats):
-            for name, build in builders.items():
+            for name, build in running.items():
                 loader = build(workers)
                 if loader is None:
                     continue
@@ -196,14 +241,19 @@ def main() -> None:
                     times[name].append(time.perf_counter() - started)
                 assert served == len(train), (name, served)
                 memory_added[name].append(memory.added)
-            builders = {name: build for name, build in builders.items() if name in times}
+            running = {name: build for name, build in running.items() if name in times}
         baseline = statistics.median(times["per-item np.load"])
         for name in times:
             seconds, added = statistics.median(times[name]), max(memory_added[name])
+            spread = f"{baseline / max(times[name]):4.1f}-{baseline / min(times[name]):4.1f}x"
             print(
-                f"  {name:24s} {seconds:7.2f} s/epoch   {baseline / seconds:5.1f}x the per-item loader   "
+                f"  {name:28s} {seconds:7.2f} s/epoch   {baseline / seconds:5.1f}x the per-item loader ({spread} by round)   "
                 f"peak memory added {added / 2**20:7.0f} MiB ({added / batch_bytes:5.1f} batches)"
             )
+        if FLOOR in times:
+            best = baseline / statistics.median(times[FLOOR])
+            verdict = "so 5x is out of reach for float32 batches through torch's workers here" if best < 5 else "5x is within reach"
+            print(f"  the floor: per-item / ready-made = {best:.1f}x is the most any loader of these float32 batches gets from {workers} workers ({verdict})")
     if not args.dir:
         shutil.rmtree(root)
 

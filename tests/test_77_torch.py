@@ -341,6 +341,48 @@ def test_forked_workers_read_zarr(formats: dict[str, Any]) -> None:
     assert_workers_match(formats["zarr"], timeout=30)
 
 
+@pytest.mark.parametrize("kind", ["folder", "zip", "http url of the zip"])
+def test_workers_send_images_as_uint8_and_give_the_official_batches(scan: Path, formats: dict[str, Any], kind: str) -> None:
+    """Release images are whole numbers 0-255 kept as float32: a worker sends them as uint8, the main process finishes them."""
+    source = scan if kind == "folder" else formats[kind]
+    loader = neuroxr_torch.static_loaders(source, batch_size=2, tier="test", num_workers=2, timeout=30)["test"]
+    assert_same_batches(loader, official_static_loaders(scan, batch_size=2)["test"])
+    for mine, alone in zip(batches(loader), batches(neuroxr_torch.static_loaders(source, batch_size=2, tier="test")["test"]), strict=True):
+        for a, b in zip(mine, alone, strict=True):
+            np.testing.assert_array_equal(a, b)
+    sent = list(DataLoader.__iter__(loader))  # what the workers hand over, before the loader unpacks it
+    pixels, neurons = int(np.prod(IMAGE_SHAPE)), 13
+    assert [parcel.nbytes for parcel in sent] == [2 * (pixels + 4 * neurons)] * 3  # a byte a pixel, float32 responses
+    assert {name: np.dtype(dtype) for name, dtype, _, _ in sent[0].fields} == {"images": np.uint8, "responses": np.float32}
+
+
+def test_a_parcel_is_filled_again_only_once_its_batch_is_out_and_held_batches_never_change(scan: Path) -> None:
+    dataset = neuroxr_torch.static_loaders(scan, batch_size=4, tier="train")["train"].dataset
+    expected = {trials: dataset.__getitems__(list(trials)) for trials in [(0, 5, 9, 3), (7, 1, 2, 8), (4, 6, 10, 11)]}
+    (a, first), (b, second), (c, third) = ((trials, dataset.parcel(trials)) for trials in expected)
+    assert first.buffer.data_ptr() != second.buffer.data_ptr()  # the first is still on its way: a new buffer
+    held = dataset.unpack(first)
+    again = dataset.parcel(c)
+    assert again.buffer.data_ptr() == first.buffer.data_ptr()  # released: its memory is used again
+    for batch, trials in ((held, a), (dataset.unpack(second), b), (dataset.unpack(again), c)):
+        for mine, theirs in zip(batch, expected[trials], strict=True):
+            assert mine.dtype == torch.float32
+            torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_images_that_are_not_whole_numbers_are_finished_in_the_worker(tmp_path: Path) -> None:
+    scan = write_tiny_scan(tmp_path, n_trials=30, image_shape=IMAGE_SHAPE)
+    path = scan / "data" / "images" / "4.npy"
+    np.save(path, np.load(path) + np.float32(0.25))
+    alone = neuroxr_torch.static_loaders(scan, batch_size=3, tier="train", seed=0)["train"]
+    assert alone.dataset.parcel(list(range(6))) is None
+    assert alone.dataset.parcel(list(range(5, 11))) is not None
+    workers = neuroxr_torch.static_loaders(scan, batch_size=3, tier="train", seed=0, num_workers=2, timeout=30)["train"]
+    for mine, theirs in zip(batches(workers), batches(alone), strict=True):
+        for a, b in zip(mine, theirs, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("kind", ["zip", "http url of the zip", "netcdf"])
 def test_datasets_and_batches_pickle(formats: dict[str, Any], kind: str) -> None:
     """What a spawned worker gets: the dataset pickled (paths, offsets, URLs; no open handle), and batches back."""

@@ -33,8 +33,9 @@ from xarray.core import indexing as xr_indexing
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
 from neuroxr.errors import DatasetError
-from neuroxr.lazy import TrialReader, WholeReadArray
+from neuroxr.lazy import BLOCKS, TrialReader, WholeReadArray
 from neuroxr.torch import transforms
+from neuroxr.torch.parcels import PARCELS, Parcel, narrow
 
 TRIAL = datamodel.TRIAL
 FRAME = "frame"
@@ -87,8 +88,32 @@ class StaticPipeline:
     def variables(self) -> tuple[str, ...]:
         return self.fields
 
-    def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    @property
+    def deferrable(self) -> tuple[str, ...]:
+        """The fields whose only transform is ``NeuroNormalizer`` (then ``ToTensor``): :meth:`finish` can run later, elsewhere."""
+        plain = not (self.behavior_channels or self.pupil_channels or self.select_input_channel is not None or self.scale is not None)
+        return ("images",) if plain else ()
+
+    def finish(self, name: str, values: np.ndarray) -> np.ndarray:
+        """A deferred field of float32 files, sent as ``values`` (its values, exactly, in a narrower type): what :meth:`__call__` makes of it.
+
+        Cast back and standardised a few trials at a time, each block still in the cache for the
+        arithmetic: one pass over the new float32 array (memory from the block pool, reused once no
+        batch refers to it any more).
+        """
+        out = BLOCKS.get().empty(values.shape, np.dtype(np.float32))
+        rows = max(1, CACHE_BLOCK // max(1, out[:1].nbytes))
+        for start in range(0, len(out), rows):
+            block = out[start : start + rows]
+            np.copyto(block, values[start : start + rows])
+            _standardized(self.rules, name, block, to_float32=True)  # float32 data: in place
+        return out
+
+    def __call__(self, raw: Mapping[str, np.ndarray], rng: np.random.Generator, deferred: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The transformed fields; those in ``deferred`` (some of :attr:`deferrable`) are left out, for :meth:`finish`."""
         values = {**raw, "responses": _neurons(raw["responses"], self.neurons, axis=-1)}
+        if deferred:
+            return {name: _standardized(self.rules, name, values[name], to_float32=True) for name in self.fields if name not in deferred}
         rescaled = {"images"} if self.scale is not None else set()
         values = {name: _standardized(self.rules, name, values[name], to_float32=name not in rescaled) for name in self.fields}
         values["images"] = self._images(values)
@@ -138,6 +163,7 @@ class VideoPipeline:
     pupil_channels: bool = False
     scale: float = 1.0
     withheld: np.ndarray | None = None  #: per trial: responses withheld (they do not end a trial)
+    deferrable: tuple[str, ...] = field(default=(), init=False)  #: none: the videos are cut and moved before anything else
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -205,6 +231,8 @@ def _neurons(responses: np.ndarray, neurons: np.ndarray, axis: int) -> np.ndarra
 
 #: Bytes of float64 arithmetic at a time when a float32 batch is standardised in place (a few trials of release images).
 STANDARDIZE_BLOCK = 2**20
+#: Bytes of a batch cast and standardised at a time in the main process (a few trials of release images: they stay in the cache).
+CACHE_BLOCK = 2**19
 
 
 def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray, *, to_float32: bool = False) -> np.ndarray:
@@ -253,6 +281,7 @@ class ScanBatches(Dataset):
     seed: int | None = None
     _variables: dict[str, xr.Variable] = field(init=False, repr=False)
     _rng: tuple[int | None, np.random.Generator] | None = field(default=None, init=False, repr=False)
+    _parcels: bool = field(default=False, init=False, repr=False)  #: in a worker of a ScanLoader: send Parcels
 
     def __post_init__(self) -> None:
         missing = [name for name in self.pipeline.variables if name not in self.scan.data_vars]
@@ -281,6 +310,10 @@ class ScanBatches(Dataset):
 
     def __getitems__(self, trials: Sequence[int]) -> Any:
         trials = np.asarray(trials, dtype=np.int64)
+        if self._parcels and get_worker_info() is not None:
+            parcel = self.parcel(trials)
+            if parcel is not None:
+                return parcel
         shared: dict[int, torch.Tensor] | None = {} if get_worker_info() is not None else None
         raw = self.read(trials, shared)
         if isinstance(self.pipeline, VideoPipeline):
@@ -293,8 +326,66 @@ class ScanBatches(Dataset):
             tensors.append(_tensor(values[name]) if in_shared_memory is None else in_shared_memory)
         return batch_type(self.pipeline.fields)(*tensors)
 
-    def read(self, trials: np.ndarray, shared: dict[int, torch.Tensor] | None = None) -> dict[str, np.ndarray]:
-        """The raw values of ``trials`` (any order, repeats allowed), in that order: one read per variable.
+    def send_parcels(self) -> None:
+        """In a ``DataLoader`` worker: send batches as :class:`~neuroxr.torch.parcels.Parcel` (for a loader that unpacks them)."""
+        self._parcels = True
+
+    def parcel(self, trials: Sequence[int]) -> Parcel | None:
+        """The batch of ``trials`` as a worker sends it, its images as uint8; None where they cannot travel so.
+
+        Only for release files (folder, .zip, URL) of float32 images that the pipeline only
+        standardises. The images are read a few trials at a time, narrowed straight into a
+        :class:`~neuroxr.torch.parcels.Parcel` from this process's pool; the first block that is not all
+        whole numbers 0-255 ends the attempt, and batches of this dataset in this process are then
+        finished here (:meth:`__getitems__`). :meth:`unpack` makes the batch.
+
+        >>> scan = neuroxr.write_scan(tmp / "scan", n_trials=60, n_neurons=20)
+        >>> dataset = neuroxr.torch.static_loaders(scan, batch_size=4, tier="test")["test"].dataset
+        >>> parcel = dataset.parcel([0, 1])
+        >>> parcel.nbytes == 2 * (36 * 64 + 4 * 20), torch.equal(dataset.unpack(parcel).images, dataset.__getitems__([0, 1]).images)
+        (True, True)
+        """
+        trials = np.asarray(trials, dtype=np.int64)
+        name = "images"
+        images = self._variables.get(name)
+        reader = images.data.reader if images is not None and isinstance(images.data, WholeReadArray) else None
+        if reader is None or reader.dtype != np.float32 or name not in self.pipeline.deferrable:
+            self._parcels = False
+            return None
+        values = self.pipeline(self.read(trials, skip=(name,)), self._generator(), deferred=(name,))
+        layout = [(name, np.dtype(np.uint8), (len(trials), *reader.header.shape))]
+        layout += [(other, np.dtype(np.float32), values[other].shape) for other in self.pipeline.fields if other != name]
+        parcel = PARCELS.get().pack(layout, (name,))
+        arrays = parcel.arrays()
+        rows = max(1, STANDARDIZE_BLOCK // max(1, reader.header.payload_bytes))
+        block = np.empty((min(rows, len(trials)), *reader.header.shape), dtype=reader.dtype)
+        for start in range(0, len(trials), rows):
+            chunk = trials[start : start + rows]
+            reader.read_into(chunk, block[: len(chunk)])
+            if not narrow(block[: len(chunk)], arrays[name][start : start + len(chunk)]):
+                parcel.release()
+                self._parcels = False
+                return None
+        for other, array in values.items():
+            np.copyto(arrays[other], array, casting="unsafe")  # ToTensor's float32
+        return parcel
+
+    def unpack(self, parcel: Parcel) -> Any:
+        """The batch a worker sent as ``parcel``, in memory of its own (block-pool memory, as :meth:`read` gives); the parcel is released."""
+        arrays = parcel.arrays()
+        fields = {}
+        for name in self.pipeline.fields:
+            if name in parcel.narrowed:
+                fields[name] = _tensor(self.pipeline.finish(name, arrays[name]))
+            else:
+                copy = BLOCKS.get().empty(arrays[name].shape, arrays[name].dtype)
+                np.copyto(copy, arrays[name])
+                fields[name] = torch.from_numpy(copy)
+        parcel.release()
+        return batch_type(self.pipeline.fields)(*(fields[name] for name in self.pipeline.fields))
+
+    def read(self, trials: np.ndarray, shared: dict[int, torch.Tensor] | None = None, skip: Sequence[str] = ()) -> dict[str, np.ndarray]:
+        """The raw values of ``trials`` (any order, repeats allowed), in that order: one read per variable (but those in ``skip``).
 
         A variable of release files (opened by ``neuroxr.open_scan``) is read with one
         :meth:`~neuroxr.lazy.TrialReader.read`; any other with one call of its own lazy indexing (dask:
@@ -307,6 +398,8 @@ class ScanBatches(Dataset):
         in_order: dict[str, np.ndarray] = {}
         lazy: dict[str, Any] = {}
         for name, variable in self._variables.items():
+            if name in skip:
+                continue
             data = variable.data if _is_dask(variable) else None
             if isinstance(data, WholeReadArray):
                 in_order[name] = _read_release_files(data.reader, trials, shared)

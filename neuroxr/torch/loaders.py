@@ -10,15 +10,16 @@ works whatever the fields.
 
 from __future__ import annotations
 
+import collections
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import xarray as xr
-from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler
+from torch.utils.data import DataLoader, Sampler, SubsetRandomSampler, get_worker_info
 
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule, standardization_rules
@@ -26,6 +27,7 @@ from neuroxr.errors import DatasetError
 from neuroxr.opening import open_any
 from neuroxr.sources import is_url
 from neuroxr.torch.batches import ScanBatches, StaticPipeline, VideoPipeline, keep_batch
+from neuroxr.torch.parcels import Parcel
 
 #: The tiers ``static_loaders`` makes, in the official order.
 STATIC_TIERS = ("train", "validation", "test", "final_test")
@@ -48,6 +50,70 @@ class SubsetSequentialSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class ScanLoader(DataLoader):
+    """A ``DataLoader`` of a :class:`ScanBatches` whose workers send batches as parcels, unpacked as they arrive.
+
+    Everything else is a plain ``DataLoader`` (``len``, ``dataset``, ``batch_size``, ``sampler``, the
+    options): only iterating differs, and only with workers (and without ``pin_memory``), where each
+    worker packs a batch into reused shared memory with its images as uint8
+    (:mod:`neuroxr.torch.parcels`) and the main process finishes it into a batch of its own.
+
+    >>> scan = neuroxr.write_scan(tmp / "scan", n_trials=60, n_neurons=20)
+    >>> loader = static_loaders(scan, batch_size=4, tier="test", num_workers=2)["test"]
+    >>> isinstance(loader, DataLoader), len(loader), loader.batch_size
+    (True, 3, 4)
+    >>> alone = static_loaders(scan, batch_size=4, tier="test")["test"]
+    >>> all(torch.equal(a, b) for mine, theirs in zip(loader, alone) for a, b in zip(mine, theirs))
+    True
+    """
+
+    def __init__(self, dataset: ScanBatches, **options: Any) -> None:
+        self._unpacks = options.get("num_workers", 0) > 0 and not options.get("pin_memory", False)
+        if self._unpacks:
+            options["worker_init_fn"] = SendParcels(options.get("worker_init_fn"))
+        super().__init__(dataset, **options)
+
+    def __iter__(self) -> Iterator[Any]:
+        batches = super().__iter__()
+        return _Unpacked(batches, self.dataset, self.num_workers) if self._unpacks else batches
+
+
+class SendParcels:
+    """A ``worker_init_fn``: the worker's dataset sends parcels, then ``then`` (the user's function) runs."""
+
+    def __init__(self, then: Callable[[int], None] | None = None) -> None:
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        info = get_worker_info()
+        if info is not None and isinstance(info.dataset, ScanBatches):
+            info.dataset.send_parcels()
+        if self.then is not None:
+            self.then(worker_id)
+
+
+class _Unpacked:
+    """A ``DataLoader`` iterator's batches, parcels unpacked; the parcels' memory stays mapped for the next ones."""
+
+    def __init__(self, batches: Iterator[Any], dataset: ScanBatches, keep: int) -> None:
+        self.batches = batches
+        self.dataset = dataset
+        self.mapped: collections.deque[torch.Tensor] = collections.deque(maxlen=keep)
+
+    def __iter__(self) -> _Unpacked:
+        return self
+
+    def __next__(self) -> Any:
+        batch = next(self.batches)
+        if not isinstance(batch, Parcel):
+            return batch
+        self.mapped.append(batch.buffer)  # a worker sends the same buffers again: torch then maps nothing anew
+        return self.dataset.unpack(batch)
+
+    def __len__(self) -> int:
+        return len(self.batches)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -194,7 +260,7 @@ def _dataloader(
         options = {"prefetch_factor": 1, **options}
         if "multiprocessing_context" not in options and not dataset.forks_safely and multiprocessing.get_start_method() == "fork":
             options["multiprocessing_context"] = "forkserver"  # workers that start afresh, and get the dataset pickled
-    return DataLoader(
+    return ScanLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
