@@ -17,8 +17,16 @@ size; images and responses on the official scale, shuffled):
   aliased first). Its first epoch fills its cache, so it runs on a copy of the scan, like the official
   code writes ``config.json`` into it.
 
+* **neuroxr, plain DataLoader** (with workers): neuroxr's dataset in a plain ``DataLoader``: its workers
+  finish each batch and torch hands it over as it is (what the loaders did before their workers sent
+  parcels, images as uint8, finished in the main process);
+* **floor: ready-made batches** (with workers): a dataset that reads nothing and returns new shared
+  memory of the batches' shapes and dtypes, written once: torch's own hand-over of float32 batches
+  from its workers, which no loader of these batches can beat. The per-item loader's time over this
+  one is the most any such loader can reach here; the script says whether that is below 5x.
+
 For each it prints the median seconds per first epoch (``--repeats`` rounds, loaders made anew each
-round), the ratio to the per-item loader, and the largest peak memory an epoch added (proportional set size of the process and its workers, sampled every 20 ms) in batches of 128.
+round), the ratio to the per-item loader (and the range of each round's own ratio), and the largest peak memory an epoch added (proportional set size of the process and its workers, sampled every 20 ms) in batches of 128.
 Every neuroxr batch is checked against the per-item loader's batch with the same trials first.
 The page cache is warm for all of them (the scan was just written or read); absolute times drift on
 a shared machine, the ratios measured in one run hold.
@@ -245,9 +253,10 @@ def main() -> None:
         baseline = statistics.median(times["per-item np.load"])
         for name in times:
             seconds, added = statistics.median(times[name]), max(memory_added[name])
-            spread = f"{baseline / max(times[name]):4.1f}-{baseline / min(times[name]):4.1f}x"
+            rounds = [plain / mine for plain, mine in zip(times["per-item np.load"], times[name])]  # each round's own ratio
             print(
-                f"  {name:28s} {seconds:7.2f} s/epoch   {baseline / seconds:5.1f}x the per-item loader ({spread} by round)   "
+                f"  {name:28s} {seconds:7.2f} s/epoch   {baseline / seconds:5.1f}x the per-item loader "
+                f"({min(rounds):4.1f}-{max(rounds):4.1f}x by round)   "
                 f"peak memory added {added / 2**20:7.0f} MiB ({added / batch_bytes:5.1f} batches)"
             )
         if FLOOR in times:
