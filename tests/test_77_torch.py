@@ -493,8 +493,9 @@ def test_a_batch_from_netcdf_reads_only_the_file_chunks_of_its_trials(tmp_path: 
 def test_a_shuffled_batch_is_read_and_standardised_without_copies_of_itself(tmp_path: Path) -> None:
     """The memory a batch takes is the batch: no sorted copy to reorder, no float64 copy to standardise.
 
-    In a worker the batch is read into shared memory and sent as it is, so this is what bounds the
-    memory of ``num_workers`` workers to about one batch each (with ``prefetch_factor=1``).
+    In a worker such a batch is read into shared memory and sent as it is (or, for release images, its
+    images narrowed into a reused parcel), so this is what bounds the memory of ``num_workers`` workers
+    to about one batch each (with ``prefetch_factor=1``).
     """
     import tracemalloc
 

@@ -4,7 +4,9 @@
 pipeline of the official transforms. The ``DataLoader`` hands it a whole batch of trials
 (``__getitems__``); it reads each variable's trials in one call of the Dataset's own lazy indexing
 (one :meth:`neuroxr.lazy.TrialReader.read` for a release scan), then runs the transforms on the batch
-at once. It holds no open file, so it pickles small and works with ``num_workers > 0``.
+at once. It holds no open file, so it pickles small and works with ``num_workers > 0``; in a worker of
+a :class:`~neuroxr.torch.loaders.ScanLoader` it sends release images as uint8 in a reused parcel
+(:meth:`ScanBatches.parcel`), which the loader finishes in the main process (:meth:`ScanBatches.unpack`).
 
 - :class:`StaticPipeline` is 2022's ``static_loader`` chain: ``NeuroNormalizer`` ->
   ``AddBehaviorAsChannels`` -> ``AddPupilCenterAsChannels`` -> ``SelectInputChannel`` -> ``ScaleInputs``
