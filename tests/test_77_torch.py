@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import xarray as xr
 from conftest import moved_away, write_tiny_scan, zip_scan
 from test_25_remote import serve
 
@@ -33,6 +32,7 @@ neuroxr_torch = pytest.importorskip("neuroxr.torch")
 from torch.utils.data import DataLoader, SubsetRandomSampler  # noqa: E402
 
 from neuroxr.lazy import TrialReader  # noqa: E402
+from neuroxr.torch.parcels import HEADER, REUSES_BUFFERS, ParcelPool  # noqa: E402
 
 IMAGE_SHAPE = (1, 12, 20)
 
@@ -356,6 +356,7 @@ def test_workers_send_images_as_uint8_and_give_the_official_batches(scan: Path, 
     assert {name: np.dtype(dtype) for name, dtype, _, _ in sent[0].fields} == {"images": np.uint8, "responses": np.float32}
 
 
+@pytest.mark.skipif(not REUSES_BUFFERS, reason="buffers are reused only where the memory model orders the hand-over (x86-64)")
 def test_a_parcel_is_filled_again_only_once_its_batch_is_out_and_held_batches_never_change(scan: Path) -> None:
     dataset = neuroxr_torch.static_loaders(scan, batch_size=4, tier="train")["train"].dataset
     expected = {trials: dataset.__getitems__(list(trials)) for trials in [(0, 5, 9, 3), (7, 1, 2, 8), (4, 6, 10, 11)]}
@@ -368,6 +369,15 @@ def test_a_parcel_is_filled_again_only_once_its_batch_is_out_and_held_batches_ne
         for mine, theirs in zip(batch, expected[trials], strict=True):
             assert mine.dtype == torch.float32
             torch.testing.assert_close(mine, theirs, rtol=0, atol=0)
+
+
+def test_a_pool_that_keeps_no_buffers_gives_fresh_memory_every_time() -> None:
+    """What workers do where buffers are not reused (weaker memory models): a released buffer is never filled again."""
+    pool = ParcelPool(keep=0, wait=0)
+    first = pool.take(1000)
+    first[0] = 1  # released
+    second = pool.take(1000)
+    assert second.data_ptr() != first.data_ptr() and len(second) >= HEADER + 1000
 
 
 def test_images_that_are_not_whole_numbers_are_finished_in_the_worker(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ so nothing they hold changes.
 from __future__ import annotations
 
 import math
+import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,6 +28,11 @@ from neuroxr.sources import PerProcess
 
 #: Bytes before the fields: byte 0 says whether the main process is done with the parcel.
 HEADER = 64
+#: Whether a worker fills a released buffer again. That is safe only if the main process's reads of a
+#: parcel are done before the worker sees the release: x86-64 never lets a store (the flag) pass an
+#: earlier load (the copy out), nor the worker's stores pass its load of the flag. Under weaker memory
+#: models (arm64) nothing here orders them, so every batch gets fresh shared memory there, as torch's own.
+REUSES_BUFFERS = platform.machine().lower() in ("x86_64", "amd64")
 #: Alignment of each field in a parcel.
 ALIGN = 64
 _BUSY, _FREE = 0, 1
@@ -73,10 +79,11 @@ class ParcelPool:
     as soon as it has copied the batch out, when the batch arrives). A worker asks for its next
     buffer while the main process may still be copying its last one out, so it waits for it up to
     ``wait`` seconds; then a new one is made (kept while the pool has fewer than ``keep``): a slow
-    consumer costs fresh pages, never a batch overwritten.
+    consumer costs fresh pages, never a batch overwritten. With ``keep=0`` (the default where
+    :data:`REUSES_BUFFERS` is false) every parcel is fresh memory.
     """
 
-    def __init__(self, keep: int = 1, wait: float = 0.05) -> None:
+    def __init__(self, keep: int = 1 if REUSES_BUFFERS else 0, wait: float = 0.05) -> None:
         self.keep = keep
         self.wait = wait
         self._buffers: list[torch.Tensor] = []
