@@ -17,7 +17,9 @@ ratios measured side by side hold):
 * neuroxr: the variable into memory (``ds[v].values``) and streamed (every block computed and
   dropped, as reductions and exports consume a scan) from each source;
 * a fresh process that opens the scan and loads images and responses, against neuralpredictors'
-  first epoch item by item (its ``FileTreeDataset`` calls ``np.load`` per trial and key);
+  first epoch item by item (its ``FileTreeDataset`` calls ``np.load`` per trial and key), beside a
+  fresh process that only imports xarray and dask.array: the bound of any process that opens a scan
+  as the data model's Dataset;
 * the peak RSS of a fresh process streaming the deflated zip.
 """
 
@@ -257,17 +259,26 @@ def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) 
     print(f"\npeak RSS of a fresh process streaming {VARIABLES[kind][1]} and responses from the deflated zip: {int(output) / 1024:.0f} MB")
 
 
+#: What every ``open_scan`` imports before it reads a byte: the data model is an xarray Dataset of dask
+#: arrays (xarray brings pandas, dask.array brings scipy.sparse). Its time bounds any fresh process.
+IMPORTS_ALONE = """
+import sys, xarray, dask.array
+"""
+
+
 def compare_fresh_processes(paths: dict[str, Path], repeats: int) -> None:
-    """A fresh process that opens and loads images and responses, against neuralpredictors' first epoch."""
+    """A fresh process that opens and loads images and responses, against neuralpredictors' first epoch,
+    beside the imports alone: the epoch's time over theirs is the most any such process can reach."""
     print("\n| fresh process: open + load images and responses | seconds | speed-up |\n|---|---|---|")
     rounds = max(1, repeats // 2)
     for kind in ("folder", "deflated zip"):
         epoch = fresh_process(NEURALPREDICTORS_EPOCH, str(paths[kind]), repeats=rounds)
         load = fresh_process(NEUROXR_LOAD, str(paths[kind]), repeats=rounds)
+        imports = fresh_process(IMPORTS_ALONE, str(paths[kind]), repeats=rounds)
         unpack = " (it extracts the zip first)" if kind != "folder" else ""
         print(f"| {kind}: neuralpredictors' first epoch, item by item{unpack} | {epoch:.2f} | 1.00 |")
         print(f"| {kind}: neuroxr.open_scan + .values | {load:.2f} | **{epoch / load:.1f}x** |")
-
+        print(f"| {kind}: `import xarray, dask.array` alone (the bound) | {imports:.2f} | {epoch / imports:.1f}x at most |")
 
 
 def print_rows(variable: str, measured: dict[str, float], against: dict[str, str], megabytes: float) -> None:
