@@ -485,3 +485,77 @@ def test_read_into_makes_one_read_call_per_file_or_member(tmp_path: Path, kind: 
     calls = _read_calls() - before - 1  # the accounting file's own read
     assert [bytes(buffer) for buffer in buffers] == data and sizes == [len(payload) for payload in data]
     assert calls == n + (2 if kind != "folder" else 0), f"{calls} read calls for {n} files"
+
+
+# ----------------------------------------------------------------------------------------------
+# regression guard that times nothing: a deflated member read whole inflates into its buffer, no copy
+
+
+def _exports_libdeflate() -> bool:
+    """Whether the installed ``deflate`` package's extension exports libdeflate's C functions (asked with ctypes, not neuroxr)."""
+    import ctypes
+
+    import deflate
+
+    try:
+        return hasattr(ctypes.CDLL(deflate._deflate.__file__), "libdeflate_deflate_decompress_ex")
+    except (AttributeError, OSError):
+        return False
+
+
+def _deflated_series(tmp_path: Path, n: int, size: int) -> tuple[ZipMembers, list[bytes]]:
+    rng = np.random.default_rng(5)
+    data = [npy(np.cumsum(rng.integers(-2, 3, size // 4)).astype("f4")) for _ in range(n)]  # compressible, not trivially
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_DEFLATED, {f"data/x/{k}.npy": payload for k, payload in enumerate(data)})
+    return ZipSource(archive).within(f"{TOP}/").numbered("data/x", n, ".npy"), data
+
+
+def test_a_deflated_member_read_whole_is_inflated_into_its_one_buffer(tmp_path: Path) -> None:
+    """``read`` allocates the member's buffer and nothing more of its size: libdeflate writes straight into it
+    (``deflate.deflate_decompress`` made a second buffer of the member's size, then copied it: 2.2x its size)."""
+    from neuroxr.sources.zipmember import INFLATER
+
+    if not _exports_libdeflate():
+        assert INFLATER == "deflate-package"
+        pytest.skip("this build of the deflate package does not export libdeflate's functions")
+    assert INFLATER == "libdeflate-ctypes"
+    series, data = _deflated_series(tmp_path, 3, 400_000)
+    assert series.read(0) == data[0]
+    tracemalloc.start()
+    try:
+        got = series.read(1)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert got == data[1]
+    assert peak < len(data[1]) * 1.25, f"{peak} bytes allocated at the peak of reading one member of {len(data[1])} bytes"
+
+
+def test_without_the_libdeflate_binding_members_read_the_same(tmp_path: Path) -> None:
+    """A build of the deflate package whose extension neuroxr cannot bind falls back to ``deflate.deflate_decompress``,
+    says so, and reads, verifies and refuses as before (a process where the extension module is hidden)."""
+    import subprocess
+    import sys
+
+    archive = write_zip(tmp_path / "a.zip", zipfile.ZIP_DEFLATED)
+    data = bytearray(archive.read_bytes())
+    data[_payload_offset(archive, f"{TOP}/data/x/6.npy") + 20] ^= 0x10
+    (tmp_path / "bad.zip").write_bytes(bytes(data))
+    code = f"""
+import deflate, zipfile
+del deflate._deflate
+from neuroxr.errors import ScanError
+from neuroxr.sources import ZipSource
+from neuroxr.sources.zipmember import INFLATER
+print(INFLATER)
+series = ZipSource({str(archive)!r}).within({TOP + "/"!r}).numbered("data/x", {N_FILES}, ".npy")
+with zipfile.ZipFile({str(archive)!r}) as reference:
+    assert all(series.read(k) == reference.read({TOP!r} + f"/data/x/{{k}}.npy") for k in range({N_FILES}))
+try:
+    ZipSource({str(tmp_path / "bad.zip")!r}).within({TOP + "/"!r}).numbered("data/x", {N_FILES}, ".npy").read(6)
+except ScanError as error:
+    print(error.problem.split(":")[0])
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["deflate-package", "corrupt zip member"]

@@ -77,7 +77,7 @@ def is_ignored(relative: str) -> bool:
     >>> is_ignored("__MACOSX/scan/._data"), is_ignored(".scan.neuroxr-partial-1a2b/data"), is_ignored("scan/data/0.npy")
     (True, True, False)
     """
-    if "__MACOSX" not in relative and ".DS_Store" not in relative and "._" not in relative and EXPORT_MARKER not in relative:
+    if not may_be_ignored(relative):
         return False  # the common case, without splitting
     parts = relative.split("/")
     return (
@@ -85,6 +85,15 @@ def is_ignored(relative: str) -> bool:
         or parts[-1] in IGNORED_NAMES
         or parts[-1].startswith(IGNORED_PREFIXES)
     )
+
+
+def may_be_ignored(text: str) -> bool:
+    """False when no path in ``text`` (one, or many joined) can be clutter or an export's leftover: a test on all names at once.
+
+    >>> may_be_ignored("scan/data/0.npy scan/data/1.npy"), may_be_ignored("scan/._0.npy")
+    (False, True)
+    """
+    return "__MACOSX" in text or ".DS_Store" in text or "._" in text or EXPORT_MARKER in text
 
 
 def group_by_folder(relatives: Iterable[str]) -> dict[str, list[str]]:

@@ -23,17 +23,20 @@ from neuroxr.errors import ScanError
 from neuroxr.sources.base import Buffers, limit_to, read_whole, total_bytes
 from neuroxr.sources.folder import os_error
 from neuroxr.sources.zipmember import (
+    LOCAL_HEADER,
     Directory,
     MemberTable,
     compressed_prefix,
+    check_crc,
+    check_local_header,
     crc32,
     data_offset,
     header_span,
     inflate,
     inflate_into,
     member_template,
+    read_buffer,
     read_directory,
-    verify_crc,
 )
 
 
@@ -78,13 +81,24 @@ class ZipMembers:
 
     def read_into(self, numbers: Sequence[int], buffers: Sequence[Buffers]) -> list[int]:
         """Each member's local header and data in one ``preadv`` (see :func:`_read_member`), the archive opened once."""
-        table, number = self.table, -1
+        rows = np.asarray(numbers, dtype=np.int64)
+        table, number = self.table.take(rows), -1  # the rows' columns, once per call: no numpy scalar per member
         try:
             fd = os.open(self.archive, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             try:
-                done, extra = [], 0
-                for number, targets in zip(numbers, buffers):
-                    size, extra = _read_member(fd, table, number, targets, extra)
+                done, extra, head = [], 0, bytearray(256)
+                members = zip(
+                    numbers, buffers, table.offsets.tolist(), table.sizes.tolist(), table.methods.tolist(),
+                    table.name_lengths.tolist(), table.name_crcs.tolist(), table.crcs.tolist(),
+                )  # fmt: skip
+                for index, (number, targets, offset, size, method, name_length, name_crc, crc) in enumerate(members):
+                    if method == zipfile.ZIP_STORED:
+                        span = LOCAL_HEADER.size + name_length
+                        if len(head) < span + extra:
+                            head = bytearray(span + extra)
+                        extra = _read_stored(fd, offset, size, span, name_length, name_crc, crc, targets, extra, head)
+                    else:
+                        size, extra = _read_member(fd, table, index, targets, extra)
                     done.append(size)
                 return done
             except ScanError as error:  # members are read unnamed (a name per member costs more than its checks)
@@ -95,49 +109,65 @@ class ZipMembers:
             raise os_error(error, self.label(number) if number >= 0 else self.archive) from error
 
 
-def _read_member(fd: int, table: MemberTable, row: int, targets: Buffers, extra: int) -> tuple[int, int]:
-    """Read member ``row`` of the archive open as ``fd`` into ``targets``; return its size (see ``read_into``) and its extra field's length.
+def _read_stored(fd: int, offset: int, size: int, span: int, name_length: int, name_crc: int, crc: int, targets: Buffers, extra: int, head: bytearray) -> int:
+    """Read a stored member (its local header at ``offset``) into ``targets``; return its extra field's length.
 
     The local header, the name and ``extra`` bytes of extra field (the length the previous member's
-    had: an archive's members nearly always agree) are read in the same call as the data; where the
-    header says otherwise, the data is read again from where it does start. Errors name no member:
-    the caller names it.
+    had: an archive's members nearly always agree) are read into ``head`` in the same call as the
+    data; where the header says otherwise, the data is read again from where it does start. The
+    data lands in ``targets`` and its CRC-32 is computed there. Errors name no member: the caller names it.
     """
-    offset, span, size = int(table.offsets[row]), header_span(table, row), int(table.sizes[row])
-    if int(table.methods[row]) == zipfile.ZIP_STORED:
-        wanted = limit_to(targets, size)
-        placed = total_bytes(wanted)
-        head = bytearray(span + extra)
-        got = os.preadv(fd, [head, *wanted], offset)
-        start = data_offset(memoryview(head)[: min(span, got)], table, row, "")
-        got -= len(head)
-        if start != len(head):  # another extra field: the data starts elsewhere
-            extra = start - span
-            got = os.preadv(fd, wanted, offset + start) if wanted else 0
-        if got < placed:
-            raise ScanError("", f"corrupt zip: the archive ends inside the member ({max(0, got)} of {size} bytes)")
-        if placed == size:
-            verify_crc(crc32(wanted), table, row, "")
-        return size, extra
+    placed = total_bytes(targets)
+    wanted = targets if placed <= size else limit_to(targets, size)  # never read past the member
+    placed = min(placed, size)
+    prefix = memoryview(head)[: span + extra]
+    got = os.preadv(fd, [prefix, *wanted], offset)
+    start = check_local_header(prefix[: min(span, got)], name_length, name_crc, "")
+    got -= len(prefix)
+    if start != len(prefix):  # another extra field: the data starts elsewhere
+        extra = start - span
+        got = os.preadv(fd, wanted, offset + start) if wanted else 0
+    if got < placed:
+        raise ScanError("", f"corrupt zip: the archive ends inside the member ({max(0, got)} of {size} bytes)")
+    if placed == size:
+        check_crc(crc32(wanted), crc, "")
+    return extra
+
+
+def _read_member(fd: int, table: MemberTable, row: int, targets: Buffers, extra: int) -> tuple[int, int]:
+    """Read compressed member ``row`` of the archive open as ``fd`` into ``targets``; return its size (see ``read_into``) and its extra field's length.
+
+    As :func:`_read_stored`, the local header and name come in the same read as the data (into a
+    buffer the thread reuses, where the fast libdeflate binding is in use: see ``zipmember.INFLATER``).
+    """
+    offset, span = int(table.offsets[row]), header_span(table, row)
     packed = int(table.compressed[row])
     wanted = compressed_prefix(table, row, total_bytes(targets))  # a member's leading bytes: a prefix of its data
-    data = memoryview(os.pread(fd, span + extra + wanted, offset))
+    data = _pread(fd, span + extra + wanted, offset)
     start = data_offset(data[:span], table, row, "")
     if start != span + extra:
         extra = start - span
-        data = memoryview(os.pread(fd, wanted, offset + start))
+        data = _pread(fd, wanted, offset + start)
     else:
         data = data[start:]
     if len(data) != wanted:
         raise ScanError("", f"corrupt zip: the archive ends inside the member ({len(data)} of {packed} bytes)")
     size = inflate_into(data, table, row, targets, "")
     if size is None:  # the prefix fell short of the leading bytes: all of the data
-        data = memoryview(os.pread(fd, packed, offset + start))
+        data = _pread(fd, packed, offset + start)
         if len(data) != packed:
             raise ScanError("", f"corrupt zip: the archive ends inside the member ({len(data)} of {packed} bytes)")
         size = inflate_into(data, table, row, targets, "")
     assert size is not None  # all of the data inflates, or is refused
     return size, extra
+
+
+def _pread(fd: int, length: int, offset: int) -> memoryview:
+    """Up to ``length`` bytes at ``offset``: into this thread's reused buffer where there is one, else new bytes."""
+    buffer = read_buffer(length)
+    if buffer is None:
+        return memoryview(os.pread(fd, length, offset))
+    return buffer[: os.preadv(fd, [buffer], offset)]
 
 
 class ZipSource:
@@ -176,8 +206,10 @@ class ZipSource:
         members = self.listed(relatives)
         table = members.table
         packed = table.methods != zipfile.ZIP_STORED
-        if int(table.sizes[packed].sum()) < PARALLEL_BYTES:
-            return [members.read(number) for number in range(len(relatives))]
+        if int(table.sizes[packed].sum()) < PARALLEL_BYTES:  # in one call: the archive opened once
+            found = [bytearray(size) for size in table.sizes.tolist()]
+            members.read_into(range(len(found)), [[memoryview(buffer)] for buffer in found])
+            return list(found)
         with ThreadPoolExecutor(os.cpu_count() or 2, thread_name_prefix="neuroxr-meta") as pool:  # libdeflate releases the GIL
             return list(pool.map(members.read, range(len(relatives))))
 

@@ -14,14 +14,20 @@ bytes alone, a header, are inflated from a prefix of its compressed bytes, as fa
 verified when the member is read whole: :func:`compressed_prefix`, :func:`inflate_into`). Deflate runs
 in libdeflate (the ``deflate`` package: about 2.3x zlib on one core here, and it releases the GIL,
 so members inflate in parallel); CRC-32 too (about 15 GB/s here, against 2 GB/s for ``zlib.crc32``).
+Where the package's extension exports libdeflate's C functions (its wheels do), they are called
+directly (:data:`INFLATER`): a member whose buffer is one piece of memory (a whole member read)
+inflates straight into it, instead of into a new ``bytearray`` that is then copied.
 """
 
 from __future__ import annotations
 
 import bz2
+import ctypes
+import itertools
 import lzma
-import re
+import operator
 import struct
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -32,7 +38,7 @@ import deflate
 import numpy as np
 
 from neuroxr.errors import ScanError
-from neuroxr.sources.base import Buffers, copy_into, is_ignored, total_bytes
+from neuroxr.sources.base import Buffers, copy_into, is_ignored, may_be_ignored, total_bytes
 
 LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
 LOCAL_SIGNATURE = b"PK\x03\x04"
@@ -178,7 +184,8 @@ class Directory:
         """The rows of ``folder/0{suffix}`` .. ``folder/{count-1}{suffix}``."""
         files = self.tree.get(folder, {})
         try:
-            return np.fromiter((files[f"{number}{suffix}"] for number in range(count)), dtype=np.int64, count=count)
+            names = map(("{}" + suffix.replace("{", "{{").replace("}", "}}")).format, range(count))
+            return np.fromiter(map(files.__getitem__, names), dtype=np.int64, count=count)  # no Python frame per file
         except KeyError as error:
             raise ScanError(label(f"{folder}/{error.args[0]}"), "missing from the archive") from None
 
@@ -262,7 +269,7 @@ def _parse_central(central: bytes, entries: int, concat: int, data_end: int, lab
     """The file members of a central directory, as a table and a tree of names.
 
     Numpy reads the fixed fields of every entry at once, so a 28,000-member directory parses in
-    milliseconds; one loop in Python then decodes the names into the tree.
+    milliseconds; the names are decoded and sorted into the tree in bulk (:func:`_name_tree`).
     """
     starts = _entry_starts(central, label)
     if len(starts) != entries:
@@ -285,29 +292,12 @@ def _parse_central(central: bytes, entries: int, concat: int, data_end: int, lab
                 sizes[row], compressed[row], offsets[row] = _zip64_sizes(extra, int(sizes[row]), int(compressed[row]), int(offsets[row]))
         if np.any(((sizes == 0xFFFFFFFF) | (compressed == 0xFFFFFFFF) | (offsets == 0xFFFFFFFF)) & (fields["extra_length"] == 0)):
             raise struct.error("a zip64 member without its zip64 extra field")
-        tree: dict[str, dict[str, int]] = {}
-        keep, name_crcs = [], []
         raw_names = [central[start : start + length] for start, length in zip(name_starts, name_lengths.tolist())]
-        names = _decode_names(raw_names, fields["flags"])
-        crc, files, folder_of_files = zlib.crc32, None, None
-        for row, name in enumerate(names):
-            if name.endswith("/"):
-                if name.endswith(".npy/") and not is_ignored(name):
-                    tree.setdefault(name[:-1], {})
-                continue
-            if not is_ignored(name):
-                folder, _, file = name.rpartition("/")
-                if folder != folder_of_files:  # members of one folder come together: one lookup per folder
-                    files = tree.get(folder)
-                    if files is None:
-                        files = tree[folder] = {}
-                    folder_of_files = folder
-                files[file] = len(keep)  # type: ignore[index]
-            keep.append(row)
-            name_crcs.append(crc(raw_names[row]))
+        last = np.asarray(name_starts, dtype=np.int64) + name_lengths - 1
+        folder_entries = (name_lengths > 0) & (raw[np.maximum(last, 0)] == ord("/")) if len(raw) else np.zeros(0, dtype=bool)
+        tree, kept, name_crcs = _name_tree(raw_names, fields["flags"], folder_entries)
     except (struct.error, UnicodeDecodeError) as error:
         raise ScanError(label, f"not a readable zip archive ({error})") from error
-    kept = np.asarray(keep, dtype=np.int64)
     table = MemberTable(
         offsets=offsets[kept] + concat,
         compressed=compressed[kept],
@@ -315,7 +305,7 @@ def _parse_central(central: bytes, entries: int, concat: int, data_end: int, lab
         methods=fields["method"][kept].astype(np.int16),
         flags=fields["flags"][kept].astype(np.uint16),
         name_lengths=name_lengths[kept].astype(np.int32),
-        name_crcs=np.asarray(name_crcs, dtype=np.uint32),
+        name_crcs=name_crcs,
         crcs=fields["crc"][kept].astype(np.uint32),
     )
     return Directory(table, tree, data_end)
@@ -329,10 +319,11 @@ def _entry_starts(central: bytes, label: str) -> np.ndarray:
     entries are walked one by one.
     """
     entry_size = _CENTRAL.size
-    candidates = np.array([match.start() for match in re.finditer(re.escape(_CENTRAL_SIGNATURE), central)], dtype=np.int64)
-    candidates = candidates[candidates + entry_size <= len(central)]
+    raw = np.frombuffer(central, dtype=np.uint8)
+    candidates = np.flatnonzero(raw[: max(0, len(raw) - entry_size + 1)] == _CENTRAL_SIGNATURE[0])
+    for at, byte in enumerate(_CENTRAL_SIGNATURE[1:], 1):
+        candidates = candidates[raw[candidates + at] == byte]
     if len(candidates) and candidates[0] == 0:
-        raw = np.frombuffer(central, dtype=np.uint8)
         lengths = raw[candidates[:, None] + np.arange(28, 34)].copy().view("<u2").astype(np.int64)
         following = candidates + entry_size + lengths.sum(axis=1)
         if np.array_equal(following[:-1], candidates[1:]) and following[-1] == len(central):
@@ -351,11 +342,80 @@ def _entry_starts(central: bytes, label: str) -> np.ndarray:
     return np.asarray(starts, dtype=np.int64)
 
 
-def _decode_names(raw_names: list[bytes], flags: np.ndarray) -> list[str]:
-    """Every member's name (see :func:`_decode_name`): all at once where they are plain ASCII without line breaks."""
+#: The tree of names, the rows of the file members (directory entries left out), and their names' CRC-32s.
+NameTree = tuple[dict[str, dict[str, int]], np.ndarray, np.ndarray]
+
+
+def _name_tree(raw_names: list[bytes], flags: np.ndarray, folder_entries: np.ndarray) -> NameTree:
+    """The members' names sorted into ``{folder: {file name: row of the file members}}`` (see :class:`Directory`).
+
+    ``folder_entries`` says which names end in ``/``. Plain ASCII names without line breaks or archive
+    clutter (every release archive's) are decoded, split and grouped in bulk: one decode of all names
+    joined, a folder's files added to its dict in one call, the clutter looked for once in the
+    folders and once in the files. Any other directory is read name by name
+    (:func:`_name_tree_by_row`), with the same result.
+    """
     joined = b"\n".join(raw_names)
-    if joined.isascii() and joined.count(b"\n") == max(0, len(raw_names) - 1):
-        return joined.decode("ascii").split("\n") if raw_names else []
+    if not (joined.isascii() and joined.count(b"\n") == max(0, len(raw_names) - 1)):
+        return _name_tree_by_row(_decode_names(raw_names, flags), raw_names)
+    names = joined.decode("ascii").split("\n") if raw_names else []
+    keep = np.flatnonzero(~folder_entries)
+    entries = np.flatnonzero(folder_entries).tolist()
+    files_named, kept_raw = names, raw_names
+    if entries:
+        files_named, kept_raw = names.copy(), raw_names.copy()
+        for row in reversed(entries):
+            del files_named[row], kept_raw[row]
+    cuts = [name.rfind("/") for name in files_named]  # ints and strings only: nothing for the garbage collector to track
+    folders = [name[:cut] if cut > 0 else "" for name, cut in zip(files_named, cuts)]
+    files = [name[cut + 1 :] for name, cut in zip(files_named, cuts)]
+    starts = [0, *itertools.compress(itertools.count(1), map(operator.ne, folders[1:], folders))] if folders else []
+    if may_be_ignored("\n".join(folders[start] for start in starts)) or may_be_ignored("\n".join(files)) or any(
+        may_be_ignored(names[row]) for row in entries
+    ):  # a clutter name never spans a "/": it shows in a folder or in a file name
+        return _name_tree_by_row(names, raw_names)
+    # a folder entry ``x.npy/`` comes into the tree where the name-by-name reading puts it: after the files before it
+    before = np.searchsorted(keep, np.asarray(entries, dtype=np.int64)).tolist()
+    pending = [(at, names[row][:-1]) for at, row in zip(before, entries) if names[row].endswith(".npy/")][::-1]
+    tree: dict[str, dict[str, int]] = {}
+    for start, end in zip(starts, [*starts[1:], len(folders)]):
+        while pending and pending[-1][0] <= start:
+            tree.setdefault(pending.pop()[1], {})
+        members = tree.get(folders[start])
+        if members is None:
+            members = tree[folders[start]] = {}
+        members.update(zip(files[start:end], range(start, end)))  # a repeated name: the later member, as zipfile
+    for _, folder in pending[::-1]:
+        tree.setdefault(folder, {})
+    crcs = np.fromiter(map(zlib.crc32, kept_raw), dtype=np.uint32, count=len(kept_raw))
+    return tree, keep, crcs
+
+
+def _name_tree_by_row(names: list[str], raw_names: list[bytes]) -> NameTree:
+    """:func:`_name_tree` one name at a time, archive clutter left out of the tree (but kept in the table)."""
+    tree: dict[str, dict[str, int]] = {}
+    keep, name_crcs = [], []
+    crc, files, folder_of_files = zlib.crc32, None, None
+    for row, name in enumerate(names):
+        if name.endswith("/"):
+            if name.endswith(".npy/") and not is_ignored(name):
+                tree.setdefault(name[:-1], {})
+            continue
+        if not is_ignored(name):
+            folder, _, file = name.rpartition("/")
+            if folder != folder_of_files:  # members of one folder come together: one lookup per folder
+                files = tree.get(folder)
+                if files is None:
+                    files = tree[folder] = {}
+                folder_of_files = folder
+            files[file] = len(keep)  # type: ignore[index]
+        keep.append(row)
+        name_crcs.append(crc(raw_names[row]))
+    return tree, np.asarray(keep, dtype=np.int64), np.asarray(name_crcs, dtype=np.uint32)
+
+
+def _decode_names(raw_names: list[bytes], flags: np.ndarray) -> list[str]:
+    """Every member's name (see :func:`_decode_name`)."""
     utf8 = (flags & _UTF8).tolist()
     return [_decode_name(raw, flag) for raw, flag in zip(raw_names, utf8)]
 
@@ -401,16 +461,21 @@ def data_offset(header: bytes | memoryview, table: MemberTable, row: int, label:
 
     The local header must carry the name the central directory gives, so an entry cannot point at another member.
     """
+    return check_local_header(header, int(table.name_lengths[row]), int(table.name_crcs[row]), label)
+
+
+def check_local_header(header: bytes | memoryview, name_length: int, name_crc: int, label: str) -> int:
+    """:func:`data_offset` of a member whose name has ``name_length`` bytes and the CRC-32 ``name_crc``."""
     if len(header) < LOCAL_HEADER.size:
         raise ScanError(label, "corrupt zip: the archive ends inside a member's local header")
-    signature, name_length, extra_length = LOCAL_HEADER.unpack_from(header)
+    signature, length, extra_length = LOCAL_HEADER.unpack_from(header)
     if signature != LOCAL_SIGNATURE:
         raise ScanError(label, "corrupt zip: no local header where the central directory points")
-    name = header[LOCAL_HEADER.size : LOCAL_HEADER.size + name_length]
-    if name_length != int(table.name_lengths[row]) or zlib.crc32(name) != int(table.name_crcs[row]):
+    name = header[LOCAL_HEADER.size : LOCAL_HEADER.size + length]
+    if length != name_length or zlib.crc32(name) != name_crc:
         found = bytes(name).decode("utf-8", "replace")
         raise ScanError(label, f"corrupt zip: the local header names {found!r}, not the member the central directory lists")
-    return LOCAL_HEADER.size + name_length + extra_length
+    return LOCAL_HEADER.size + length + extra_length
 
 
 def header_span(table: MemberTable, row: int) -> int:
@@ -420,7 +485,11 @@ def header_span(table: MemberTable, row: int) -> int:
 
 def verify_crc(found: int, table: MemberTable, row: int, label: str) -> None:
     """Refuse a member whose bytes do not have the CRC-32 the directory records."""
-    expected = int(table.crcs[row])
+    check_crc(found, int(table.crcs[row]), label)
+
+
+def check_crc(found: int, expected: int, label: str) -> None:
+    """Refuse a member whose bytes have the CRC-32 ``found``, not the directory's ``expected``."""
     if found != expected:
         raise ScanError(label, f"corrupt zip member: CRC-32 {found:08x}, the directory records {expected:08x}")
 
@@ -441,6 +510,121 @@ def inflate(raw: bytes | bytearray | memoryview, table: MemberTable, row: int, l
         raise ScanError(label, f"corrupt zip member: {len(data)} bytes, the directory declares {size}")
     verify_crc(crc32([data]), table, row, label)
     return data
+
+
+class _LibDeflate:
+    """libdeflate's decompressor, called through ctypes (which releases the GIL for the call).
+
+    The ``deflate`` package's extension is libdeflate built in: its C functions are bound here so a
+    member inflates into memory the caller chose. Each thread has a decompressor of its own (they
+    are not shared), freed with the thread, and a buffer it reuses for the compressed bytes it reads.
+    """
+
+    _ERRORS = {1: "bad data", 2: "it ends early", 3: "it runs on past that"}
+
+    def __init__(self, library: ctypes.CDLL) -> None:
+        pointer, size = ctypes.c_void_p, ctypes.c_size_t
+        self._alloc = library.libdeflate_alloc_decompressor
+        self._alloc.argtypes, self._alloc.restype = [], pointer
+        self._free = library.libdeflate_free_decompressor
+        self._free.argtypes, self._free.restype = [pointer], None
+        self._decompress = library.libdeflate_deflate_decompress_ex
+        self._decompress.argtypes = [pointer, pointer, size, pointer, size, pointer, pointer]
+        self._decompress.restype = ctypes.c_int
+        self._local = threading.local()
+
+    @classmethod
+    def bind(cls) -> _LibDeflate | None:
+        """The binding, or None where the ``deflate`` package's extension does not export libdeflate's functions."""
+        path = getattr(getattr(deflate, "_deflate", None), "__file__", None)
+        try:
+            binding = cls(ctypes.CDLL(path)) if path else None
+            if binding is not None:  # a stream inflated now, so a build whose functions differ falls back here
+                probe, out = b"neuroxr" * 64, bytearray(448)
+                binding.inflate(deflate.deflate_compress(probe, 6), memoryview(out), len(out), "a probe")
+                del binding._local.state
+                if out != probe:
+                    return None
+            return binding
+        except (OSError, AttributeError, MemoryError, ScanError):
+            return None
+
+    def thread(self) -> _ThreadState:
+        """This thread's decompressor and scratch buffers, made on its first call."""
+        state = getattr(self._local, "state", None)
+        if state is None:
+            state = self._local.state = _ThreadState(self._alloc, self._free)
+        return state
+
+    def inflate(self, raw: bytes | bytearray | memoryview, out: memoryview, size: int, label: str) -> None:
+        """Inflate the whole deflate stream ``raw`` into ``out``, which must receive exactly ``size`` bytes."""
+        state = self.thread()
+        source = memoryview(raw)
+        written = state.written
+        code = self._decompress(state.handle, _address(source), source.nbytes, _address(out), size, None, ctypes.byref(written))
+        if code:
+            problem = self._ERRORS.get(code, f"libdeflate error {code}")
+            raise ScanError(label, f"corrupt zip member: the deflate stream does not inflate to {size} bytes ({problem})")
+        if written.value != size:
+            raise ScanError(label, f"corrupt zip member: {written.value} bytes, the directory declares {size}")
+
+
+#: Bytes of buffer a thread keeps for reuse (members of more compressed bytes get buffers of their own).
+SCRATCH_KEPT = 4 * 2**20
+
+
+class _ThreadState:
+    """One thread's libdeflate decompressor (freed when the thread's state goes) and its buffer for compressed bytes."""
+
+    def __init__(self, alloc: Any, free: Any) -> None:
+        self.handle = alloc()
+        if not self.handle:
+            raise MemoryError("libdeflate could not allocate a decompressor")
+        self._free = free
+        self.written = ctypes.c_size_t()
+        self._buffer = np.empty(1, dtype=np.uint8)
+
+    def input(self, size: int) -> memoryview:
+        """A buffer of ``size`` bytes to read compressed bytes into, reused up to :data:`SCRATCH_KEPT` bytes."""
+        if size > len(self._buffer):
+            if size > SCRATCH_KEPT:  # a video's member: a buffer of its own, not kept by the thread
+                return memoryview(np.empty(size, dtype=np.uint8))
+            self._buffer = np.empty(min(max(size, 2 * len(self._buffer)), SCRATCH_KEPT), dtype=np.uint8)
+        return memoryview(self._buffer)[:size]
+
+    def __del__(self) -> None:
+        if self.handle:
+            self._free(self.handle)
+            self.handle = None
+
+
+_NOTHING = np.zeros(1, dtype=np.uint8)  # what an empty buffer points at
+
+
+def _address(view: memoryview) -> int:
+    """Where the bytes of ``view`` (one contiguous piece) start in memory."""
+    if not view.nbytes:
+        return _NOTHING.ctypes.data
+    if not view.readonly:
+        return ctypes.addressof(ctypes.c_char.from_buffer(view))
+    return int(np.frombuffer(view, dtype=np.uint8).ctypes.data)
+
+
+_LIBDEFLATE = _LibDeflate.bind()
+#: How deflated members read whole into one buffer are inflated: ``"libdeflate-ctypes"`` (libdeflate's C
+#: functions, from the ``deflate`` package's extension, straight into the buffer) or, with a build of the
+#: package that does not export them, ``"deflate-package"`` (``deflate.deflate_decompress``, then a copy).
+#: Members placed in several buffers (a trial block's header and payload) take ``deflate.deflate_decompress``
+#: and a copy either way: its call costs less than a ctypes call and the ``bytearray`` it makes.
+INFLATER = "libdeflate-ctypes" if _LIBDEFLATE is not None else "deflate-package"
+
+
+def read_buffer(size: int) -> memoryview | None:
+    """A buffer of ``size`` bytes this thread reuses, to read a member's compressed bytes into (None without the binding).
+
+    Valid until the thread's next call; :func:`inflate_into` never inflates into it.
+    """
+    return _LIBDEFLATE.thread().input(size) if _LIBDEFLATE is not None else None
 
 
 def _inflate_other(raw: bytes | bytearray | memoryview, method: int, most: int, label: str) -> bytes:
@@ -509,8 +693,12 @@ def inflate_into(raw: bytes | bytearray | memoryview, table: MemberTable, row: i
     """
     size, wanted = int(table.sizes[row]), total_bytes(buffers)
     if wanted >= size:
-        data = inflate(raw, table, row, label)
-        copy_into(data, buffers)
+        first = buffers[0] if buffers else None
+        if (_LIBDEFLATE is not None and int(table.methods[row]) == zipfile.ZIP_DEFLATED and first is not None
+                and len(first) >= size and not first.readonly and first.contiguous and first.itemsize == 1):  # fmt: skip
+            _inflate_deflated(_LIBDEFLATE, raw, table, row, first, label)  # no copy: the member's buffer is one piece
+        else:  # a ctypes call costs more than the new bytearray it saves: where the bytes are copied anyway, the package's call
+            copy_into(inflate(raw, table, row, label), buffers)
         return size
     head = _inflate_head(raw, int(table.methods[row]), wanted, label)
     if len(head) < wanted:
@@ -519,3 +707,10 @@ def inflate_into(raw: bytes | bytearray | memoryview, table: MemberTable, row: i
         raise ScanError(label, f"corrupt zip member: inflates to {len(head)} bytes, the directory declares {size}")
     copy_into(head, buffers)
     return size
+
+
+def _inflate_deflated(binding: _LibDeflate, raw: bytes | bytearray | memoryview, table: MemberTable, row: int, out: memoryview, label: str) -> None:
+    """Inflate deflated member ``row`` whole straight into ``out`` (one writable piece of memory) and verify it."""
+    size = int(table.sizes[row])
+    binding.inflate(raw, out[:size], size, label)
+    verify_crc(deflate.crc32(out[:size]), table, row, label)
