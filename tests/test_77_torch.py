@@ -10,9 +10,11 @@ tier selection of ``sensorium.datasets.mouse_loaders.static_loader``, and torch'
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
+import threading
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -301,17 +303,18 @@ def test_several_scans_are_keyed_by_scan_like_the_official_loaders(tmp_path: Pat
 
 def test_a_batch_is_one_read_per_variable(scan: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[int, ...]] = []
-    read = TrialReader.read
+    read_into = TrialReader.read_into
 
-    def counted(self: TrialReader, trials: np.ndarray) -> np.ndarray:
+    def counted(self: TrialReader, trials: np.ndarray, out: np.ndarray) -> None:
         calls.append(tuple(np.asarray(trials).tolist()))
-        return read(self, trials)
+        read_into(self, trials, out)
 
-    monkeypatch.setattr(TrialReader, "read", counted)
+    monkeypatch.setattr(TrialReader, "read_into", counted)
     loader = neuroxr_torch.static_loaders(scan, batch_size=8, seed=0, include_behavior=True, include_eye_position=True)["train"]
     n_batches = len(batches(loader))
-    assert n_batches == 4 and len(calls) == 4 * n_batches  # images, responses, behavior, pupil_center: once each
-    assert all(len(trials) == 8 for trials in calls)
+    batch_reads = [trials for trials in calls if len(trials) == 8]  # the rest: statistics, one file each, read once
+    assert n_batches == 4 and len(batch_reads) == 4 * n_batches  # images, responses, behavior, pupil_center: once each
+    assert all(len(trials) == 1 for trials in calls if len(trials) != 8)
 
 
 def assert_workers_match(source: Any, *, timeout: float = 60, **options: Any) -> None:
@@ -528,3 +531,5 @@ def test_a_shuffled_batch_is_read_and_standardised_without_copies_of_itself(tmp_
     images = np.stack([np.load(scan / "data/images" / f"{trial}.npy") for trial in trials])
     mean, std = (np.load(scan / "meta/statistics/images/all" / f"{stat}.npy") for stat in ("mean", "std"))
     np.testing.assert_array_equal(batch.images.numpy(), ((images - mean) / std).astype(np.float32))
+    # a batch this size was read and standardised in parts, on the process's batch threads
+    assert any(thread.name.startswith("neuroxr-batch") for thread in threading.enumerate()) or (os.cpu_count() or 1) < 2

@@ -18,8 +18,10 @@ a :class:`~neuroxr.torch.loaders.ScanLoader` it sends release images as uint8 in
 
 from __future__ import annotations
 
+import os
 from collections import namedtuple
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -36,6 +38,7 @@ from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
 from neuroxr.errors import DatasetError
 from neuroxr.lazy import BLOCKS, TrialReader, WholeReadArray
+from neuroxr.sources import PerProcess
 from neuroxr.torch import transforms
 from neuroxr.torch.parcels import PARCELS, Parcel, narrow
 
@@ -232,9 +235,42 @@ def _neurons(responses: np.ndarray, neurons: np.ndarray, axis: int) -> np.ndarra
 
 
 #: Bytes of float64 arithmetic at a time when a float32 batch is standardised in place (a few trials of release images).
-STANDARDIZE_BLOCK = 2**20
+STANDARDIZE_BLOCK = 2**19
 #: Bytes of a batch cast and standardised at a time in the main process (a few trials of release images: they stay in the cache).
 CACHE_BLOCK = 2**19
+
+
+#: Bytes of a batch from which the main process (no ``DataLoader`` workers) reads and standardises it on
+#: every core, in contiguous parts of its trials: files are read and numpy computes without the GIL.
+PARALLEL_BATCH_BYTES = 2**20
+#: The threads that share that work (this process's; a forked process makes its own).
+CORES = os.cpu_count() or 1
+BATCH_THREADS = PerProcess(lambda: ThreadPoolExecutor(CORES, thread_name_prefix="neuroxr-batch"))
+
+
+def in_parts(work: Callable[[slice], None], count: int, nbytes: int) -> None:
+    """Run ``work`` on contiguous slices of ``range(count)`` covering it: on :data:`BATCH_THREADS`, one slice per core,
+    when the rows hold at least :data:`PARALLEL_BATCH_BYTES` and this is not a ``DataLoader`` worker (whose
+    siblings use the other cores); else ``work(slice(0, count))``.
+
+    >>> seen = []
+    >>> in_parts(seen.append, 10, 2**30)
+    >>> sorted(index for part in seen for index in range(10)[part]) == list(range(10))
+    True
+    """
+    threads = CORES
+    if count < 2 or threads < 2 or nbytes < PARALLEL_BATCH_BYTES or get_worker_info() is not None:
+        work(slice(0, count))
+        return
+    step = -(-count // threads)
+    parts = [slice(start, min(start + step, count)) for start in range(0, count, step)]
+    others = [BATCH_THREADS.get().submit(work, part) for part in parts[1:]]
+    try:
+        work(parts[0])  # this thread takes a part too
+    finally:
+        wait(others)  # every part done (or failed) before the rows are used or the error raised
+    for other in others:
+        other.result()
 
 
 def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray, *, to_float32: bool = False) -> np.ndarray:
@@ -253,18 +289,40 @@ def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: n
     wide = np.result_type(values, *parts)
     if not values.flags.writeable or (wide != values.dtype and not (to_float32 and values.dtype == np.float32 and len(values))):
         return rule.apply(values)
-    if wide != values.dtype:
-        rows = max(1, STANDARDIZE_BLOCK // (wide.itemsize * max(1, values[0].size)))
-        for start in range(0, len(values), rows):
-            values[start : start + rows] = rule.apply(values[start : start + rows])
-        return values
+    count = len(values)
+
+    def standardize(trials: slice) -> None:  # the parts share STANDARDIZE_BLOCK, in proportion to their trials
+        part = values[trials]
+        _standardize_in_place(rule, part, wide, max(1, STANDARDIZE_BLOCK * len(part) // count))
+
+    in_parts(standardize, count, values.nbytes)
+    return values
+
+
+def _standardize_in_place(rule: StandardizationRule, values: np.ndarray, wide: np.dtype, block_bytes: int = STANDARDIZE_BLOCK) -> None:
+    """``rule`` applied to ``values`` in place: the official arithmetic in ``wide``, a few trials at a time (in one
+    scratch array of about ``block_bytes``) where that is wider."""
+    if wide == values.dtype:
+        _apply_in_place(rule, values)
+        return
+    rows = max(1, block_bytes // (wide.itemsize * max(1, values[0].size)))
+    scratch = np.empty((min(rows, len(values)), *values.shape[1:]), dtype=wide)
+    for start in range(0, len(values), rows):
+        block = values[start : start + rows]
+        widened = scratch[: len(block)]
+        widened[...] = block  # as numpy promotes ``block - offset``: the same numbers
+        _apply_in_place(rule, widened)
+        block[...] = widened
+
+
+def _apply_in_place(rule: StandardizationRule, values: np.ndarray) -> None:
+    """``values = rule.apply(values)`` without a new array: ``(values - offset) / divisor * factor``."""
     if rule.offset is not None:
         np.subtract(values, rule.offset, out=values)
     if rule.divisor is not None:
         np.divide(values, rule.divisor, out=values)
     if rule.factor is not None:
         np.multiply(values, rule.factor, out=values)
-    return values
 
 
 @dataclass
@@ -454,9 +512,12 @@ class ScanBatches(Dataset):
 
 
 def _read_release_files(reader: TrialReader, trials: np.ndarray, shared: dict[int, torch.Tensor] | None) -> np.ndarray:
-    """``reader.read(trials)``; into shared memory (recorded in ``shared``) when that is given and the files hold float32."""
+    """``reader.read(trials)`` (in parts on every core: :func:`in_parts`); into shared memory (recorded in ``shared``)
+    when that is given and the files hold float32."""
     if shared is None or reader.dtype != np.float32:
-        return reader.read(trials)
+        out = BLOCKS.get().empty((len(trials), *reader.header.shape), reader.dtype)
+        in_parts(lambda rows: reader.read_into(trials[rows], out[rows]), len(trials), out.nbytes)
+        return out
     tensor = torch.empty((len(trials), *reader.header.shape), dtype=torch.float32).share_memory_()
     array = tensor.numpy()
     reader.read_into(trials, array)
