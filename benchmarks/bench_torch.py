@@ -17,6 +17,9 @@ size; images and responses on the official scale, shuffled):
   aliased first). Its first epoch fills its cache, so it runs on a copy of the scan, like the official
   code writes ``config.json`` into it.
 
+* **bound: raw reads** (without workers): each batch's files read whole by ``readinto`` into reused
+  buffers on every core, nothing decoded or standardised: what the page cache gives; the per-item
+  loader's time over this one is the most any loader of these files can reach in one process;
 * **neuroxr, plain DataLoader** (with workers): neuroxr's dataset in a plain ``DataLoader``: its workers
   finish each batch and torch hands it over as it is (what the loaders did before their workers sent
   parcels, images as uint8, finished in the main process);
@@ -26,7 +29,10 @@ size; images and responses on the official scale, shuffled):
   one is the most any such loader can reach here; the script says whether that is below 5x.
 
 For each it prints the median seconds per first epoch (``--repeats`` rounds, loaders made anew each
-round), the ratio to the per-item loader (and the range of each round's own ratio), and the largest peak memory an epoch added (proportional set size of the process and its workers, sampled every 20 ms) in batches of 128.
+round), the ratio to the per-item loader (and the range of each round's own ratio), and the peak memory
+one more epoch added (proportional set size of the process and its workers, sampled every 20 ms) in
+batches of 128. The memory epoch comes first (a loader's first batches make its buffers) and is not timed: reading ``smaps`` takes about a quarter of a core, which
+would slow a loader that uses both cores more than one that uses one.
 Every neuroxr batch is checked against the per-item loader's batch with the same trials first.
 The page cache is warm for all of them (the scan was just written or read); absolute times drift on
 a shared machine, the ratios measured in one run hold.
@@ -37,6 +43,7 @@ from __future__ import annotations
 import argparse
 import collections
 import collections.abc
+import gc
 import os
 import pickle
 import statistics
@@ -44,7 +51,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +61,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset, SubsetRandomSampler
 
 import neuroxr
+import neuroxr.lazy
 import neuroxr.torch
 from neuroxr.synthetic import release_name
 
 BATCH = 128
 FLOOR = "floor: ready-made batches"
+BOUND = "bound: raw reads"
 DataPoint = collections.namedtuple("DataPoint", ["images", "responses"])
 
 
@@ -107,6 +117,37 @@ class ReadyMade(Dataset):
             storage = torch.UntypedStorage._new_shared(part.numel() * part.element_size())
             fields.append(torch.empty(0, dtype=part.dtype).set_(storage).view(part.shape).copy_(part))
         return DataPoint(*fields)
+
+
+class RawReads:
+    """The bound of any loader in one process: each batch's files read whole into two reused arrays, on every core.
+
+    The train trials in a seeded random order, each batch's image and response files read by
+    ``readinto`` (headers included, nothing decoded or standardised) into the rows of preallocated
+    buffers, the batch's trials split across the cores. What the page cache gives; no loader that
+    reads these files can be faster.
+    """
+
+    def __init__(self, scan: Path, train: np.ndarray) -> None:
+        self.paths = [[scan / "data" / name / f"{trial}.npy" for trial in train] for name in ("images", "responses")]
+        self.order = np.random.default_rng(0).permutation(len(train))
+        sizes = [paths[0].stat().st_size for paths in self.paths]
+        self.buffers = [np.empty((BATCH, size), dtype=np.uint8) for size in sizes]
+        self.pool = ThreadPoolExecutor(os.cpu_count() or 1)
+
+    def _read(self, rows: range, items: np.ndarray) -> None:
+        for paths, buffer in zip(self.paths, self.buffers):
+            for row in rows:
+                with open(paths[items[row]], "rb", buffering=0) as file:
+                    file.readinto(buffer[row])
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
+        cores = os.cpu_count() or 1
+        for start in range(0, len(self.order), BATCH):
+            items = self.order[start : start + BATCH]
+            step = -(-len(items) // cores)
+            list(self.pool.map(lambda first: self._read(range(first, min(first + step, len(items))), items), range(0, len(items), step)))
+            yield tuple(buffer[: len(items)] for buffer in self.buffers)
 
 
 def whole(batch: DataPoint) -> DataPoint:
@@ -227,6 +268,7 @@ def main() -> None:
         "neuroxr": lambda workers: neuroxr.torch.static_loaders(scan, batch_size=BATCH, tier="train", seed=0, num_workers=workers)["train"],
         "neuroxr, plain DataLoader": lambda workers: plain_dataloader(scan, workers),
         "neuralpredictors 0.3.0": lambda workers: neuralpredictors_loader(copy, train, workers),
+        BOUND: lambda workers: RawReads(scan, train) if not workers else None,
         FLOOR: lambda workers: DataLoader(
             ReadyMade(len(tiers)), sampler=SubsetRandomSampler(train), batch_size=BATCH, num_workers=workers, collate_fn=whole, prefetch_factor=1
         )
@@ -238,17 +280,23 @@ def main() -> None:
         times: dict[str, list[float]] = collections.defaultdict(list)
         memory_added: dict[str, list[int]] = collections.defaultdict(list)
         running = dict(builders)
-        for _ in range(args.repeats):
+        for name, build in running.items():  # first one epoch each under the memory sampler (it takes a core's quarter)
+            loader = build(workers)
+            if loader is not None:
+                neuroxr.lazy.BLOCKS.forget()  # each loader starts without pooled buffers: they count as its memory
+                gc.collect()
+                with Memory() as memory:
+                    epoch(loader)
+                memory_added[name].append(memory.added)
+        for _ in range(args.repeats):  # then the timed epochs, nothing else running
             for name, build in running.items():
                 loader = build(workers)
                 if loader is None:
                     continue
-                with Memory() as memory:
-                    started = time.perf_counter()
-                    served = epoch(loader)
-                    times[name].append(time.perf_counter() - started)
+                started = time.perf_counter()
+                served = epoch(loader)
+                times[name].append(time.perf_counter() - started)
                 assert served == len(train), (name, served)
-                memory_added[name].append(memory.added)
             running = {name: build for name, build in running.items() if name in times}
         baseline = statistics.median(times["per-item np.load"])
         for name in times:
@@ -259,6 +307,9 @@ def main() -> None:
                 f"({min(rounds):4.1f}-{max(rounds):4.1f}x by round)   "
                 f"peak memory added {added / 2**20:7.0f} MiB ({added / batch_bytes:5.1f} batches)"
             )
+        if BOUND in times:
+            best = baseline / statistics.median(times[BOUND])
+            print(f"  the bound: per-item / raw reads = {best:.1f}x is the most any loader that reads these files gets in one process")
         if FLOOR in times:
             best = baseline / statistics.median(times[FLOOR])
             verdict = "so 5x is out of reach for float32 batches through torch's workers here" if best < 5 else "5x is within reach"

@@ -58,14 +58,15 @@ class PerProcess(Generic[T]):
                     self._value = self._make()
         return self._value
 
-    def _forget(self) -> None:
+    def forget(self) -> None:
+        """Drop this process's value (kept alive only by what still refers to it): the next :meth:`get` makes a new one."""
         self._value = None
         self._lock = threading.Lock()
 
 
 def _forget_after_fork() -> None:
     for resource in list(PerProcess._all):
-        resource._forget()
+        resource.forget()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
