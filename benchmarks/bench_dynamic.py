@@ -16,7 +16,9 @@ cache, repeats interleaved and the median taken:
   folder and a one-core zlib inflate loop over the same members for the zip; target >= 0.9; the
   ``np.stack(np.load)`` loop a user writes, for comparison. The first read of each video after opening
   also checks its first NaN frame against ``n_frames`` (one more pass over it); that read is timed on
-  its own, from a scan freshly opened each time;
+  its own, from a scan freshly opened each time. Beside them, to say where a streamed read's time goes:
+  the same blocks read by neuroxr's reader on every core without dask, and ``dask.array.store`` of
+  as many blocks that hold nothing (dask's own cost of such a pass);
 * the peak RSS of a fresh process converting the scan to Zarr, for the whole scan and for half of
   its trials: below 1 GB and flat in the number of trials.
 """
@@ -24,22 +26,28 @@ cache, repeats interleaved and the median taken:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import dask.array
 import numpy as np
 from bench_read import deflated_members, medians, print_rows, raw_read, stream, trial_files, zlib_loop
 
 import neuroxr
 from neuroxr.formats.release import to_folder
+from neuroxr.lazy import WholeReadArray
 from neuroxr.synthetic import make_scan
 
 VARIABLES = ("responses", "videos")
+READER_ALONE = "neuroxr, folder, the same blocks without dask"
+DASK_ALONE = "dask.array.store of as many blocks, nothing read"
 
 # The peak is read from /proc/self/status (VmHWM): getrusage's ru_maxrss of a child outlives exec, so it
 # would report the parent's size at the fork.
@@ -90,6 +98,21 @@ def first_read(path: Path, variable: str, repeats: int) -> float:
     return statistics.median(times)
 
 
+def blocks_without_dask(array: WholeReadArray) -> Callable[[], None]:
+    """Every block of ``array`` read by neuroxr's reader into the block pool, on every core, and dropped: a streamed
+    read without dask's scheduler."""
+    starts = np.cumsum((0, *array.chunks[0][:-1]))
+    blocks = [array.trials[start : start + size] for start, size in zip(starts.tolist(), array.chunks[0])]
+    pool = ThreadPoolExecutor(os.cpu_count() or 1)
+    return lambda: list(pool.map(lambda trials: array.reader.read(trials).shape, blocks))
+
+
+def dask_alone(array: dask.array.Array) -> Callable[[], None]:
+    """A ``stream`` of as many one-element blocks as ``array`` has: dask's own cost of a streamed pass, nothing read."""
+    empty = dask.array.zeros(len(array.chunks[0]), chunks=1)
+    return lambda: stream(empty)
+
+
 def run(root: Path, n_trials: int, repeats: int) -> None:
     paths = build(root, n_trials)
     folder = paths["folder"]
@@ -117,6 +140,8 @@ def run(root: Path, n_trials: int, repeats: int) -> None:
         for name, ds in datasets.items():
             stream(ds[variable].data)  # the first read checks each video's length: timed apart below, not in these repeats
             functions[f"neuroxr, {name}, streamed"] = lambda d=ds, v=variable: stream(d[v].data)
+        functions[READER_ALONE] = blocks_without_dask(datasets["folder"][variable].data)
+        functions[DASK_ALONE] = dask_alone(datasets["folder"][variable].data)
         measured = medians(functions, repeats)
         if variable == "videos":
             for name, path in paths.items():
@@ -127,6 +152,7 @@ def run(root: Path, n_trials: int, repeats: int) -> None:
             "neuroxr, folder, streamed, first read (each video checked)": "raw byte reads (limit)",
             "neuroxr, deflated zip, streamed, first read (each video checked)": "zlib inflate loop, one core",
             "np.stack(np.load) loop": "raw byte reads (limit)",
+            READER_ALONE: "raw byte reads (limit)",
         }
         print_rows(variable, measured, against, megabytes)
 
