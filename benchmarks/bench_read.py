@@ -13,7 +13,8 @@ ratios measured side by side hold):
 * open: ``neuroxr.open_scan`` of each, against the folder;
 * the limits and baselines, per variable: raw byte reads (``open(f).read()`` of every file),
   every payload read into one fresh array (``np.empty`` + ``readinto``), a one-core ``zlib``
-  inflate loop over the deflated members, the ``np.stack(np.load)`` loop a user writes;
+  inflate loop over the deflated members and the same loop with libdeflate (times the cores: the bound
+  of the deflated path), the ``np.stack(np.load)`` loop a user writes;
 * neuroxr: the variable into memory (``ds[v].values``) and streamed (every block computed and
   dropped, as reductions and exports consume a scan) from each source;
 * a fresh process that opens the scan and loads images and responses, against neuralpredictors'
@@ -112,6 +113,22 @@ def zlib_loop(archive: Path, members: list[tuple[int, int, int]]) -> None:
     try:
         for offset, packed, size in members:
             zlib.decompress(os.pread(fd, packed, offset), -15, size)
+    finally:
+        os.close(fd)
+
+
+def libdeflate_loop(archive: Path, members: list[tuple[int, int, int]]) -> None:
+    """The same loop with libdeflate (``deflate.deflate_decompress``, what neuroxr inflates with): one core of it.
+
+    Its speed times the cores is what they can inflate at most, the bound of the deflated path against
+    :func:`zlib_loop`; it depends on the data (libdeflate gains less over zlib on nearly random bytes).
+    """
+    import deflate
+
+    fd = os.open(archive, os.O_RDONLY)
+    try:
+        for offset, packed, size in members:
+            deflate.deflate_decompress(os.pread(fd, packed, offset), size)
     finally:
         os.close(fd)
 
@@ -234,6 +251,7 @@ def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) 
             "raw byte reads (limit)": lambda: raw_read(files),
             "one fresh array (limit)": lambda: fresh_array(files),
             "zlib inflate loop, one core": lambda: zlib_loop(paths["deflated zip"], members),
+            LIBDEFLATE_LOOP: lambda: libdeflate_loop(paths["deflated zip"], members),
         }
         if kind == "static":  # a video scan's list of arrays and their stack would not fit in memory twice
             functions["np.stack(np.load) loop"] = lambda: np.stack([np.load(file) for file in files])
@@ -249,8 +267,12 @@ def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) 
             "neuroxr, stored zip, streamed": "raw byte reads (limit)",
             "neuroxr, deflated zip, streamed": "zlib inflate loop, one core",
             "np.stack(np.load) loop": "raw byte reads (limit)",
+            LIBDEFLATE_LOOP: "zlib inflate loop, one core",
         }
         print_rows(variable, measured, against, megabytes)
+        cores = os.cpu_count() or 1
+        bound = cores * measured["zlib inflate loop, one core"] / measured[LIBDEFLATE_LOOP]
+        print(f"| {variable} | the bound of the deflated path: libdeflate on {cores} cores | | | {bound:.2f} | zlib inflate loop, one core |")
 
     if kind == "static":
         compare_fresh_processes(paths, repeats)
@@ -258,6 +280,8 @@ def run(root: Path, kind: str, n_trials: int | None, small: bool, repeats: int) 
                             check=True, capture_output=True, text=True).stdout  # fmt: skip
     print(f"\npeak RSS of a fresh process streaming {VARIABLES[kind][1]} and responses from the deflated zip: {int(output) / 1024:.0f} MB")
 
+
+LIBDEFLATE_LOOP = "libdeflate inflate loop, one core"
 
 #: What every ``open_scan`` imports before it reads a byte: the data model is an xarray Dataset of dask
 #: arrays (xarray brings pandas, dask.array brings scipy.sparse). Its time bounds any fresh process.
