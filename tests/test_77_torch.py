@@ -533,3 +533,21 @@ def test_a_shuffled_batch_is_read_and_standardised_without_copies_of_itself(tmp_
     np.testing.assert_array_equal(batch.images.numpy(), ((images - mean) / std).astype(np.float32))
     # a batch this size was read and standardised in parts, on the process's batch threads
     assert any(thread.name.startswith("neuroxr-batch") for thread in threading.enumerate()) or (os.cpu_count() or 1) < 2
+
+
+@pytest.mark.parametrize("part", ["first", "last"])
+def test_a_bad_file_in_a_batch_read_in_parts_is_named_whichever_part_reads_it(tmp_path: Path, part: str) -> None:
+    """A batch of 4.7 MB is read on the batch threads in parts; a file that does not match its header fails
+    the batch with the ScanError of that file, from this thread's part or another's, and the next batch reads."""
+    scan = write_tiny_scan(tmp_path, n_trials=300, image_shape=(1, 72, 128))
+    dataset = neuroxr_torch.static_loaders(scan, batch_size=128, seed=0)["train"].dataset
+    trials = np.flatnonzero(np.load(scan / "meta/trials/tiers.npy") == "train")[:128].tolist()
+    bad = trials[0] if part == "first" else trials[-1]
+    path = scan / "data" / "images" / f"{bad}.npy"
+    whole = path.read_bytes()
+    path.write_bytes(whole[: len(whole) // 2])  # truncated
+    with pytest.raises(neuroxr.ScanError, match=rf"images[/\\]{bad}\.npy"):
+        dataset.__getitems__(trials)
+    path.write_bytes(whole)
+    batch = dataset.__getitems__(trials)
+    assert batch.images.shape == (128, 1, 72, 128)
