@@ -15,6 +15,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import zipfile
 from collections import namedtuple
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,3 +552,34 @@ def test_a_bad_file_in_a_batch_read_in_parts_is_named_whichever_part_reads_it(tm
     path.write_bytes(whole)
     batch = dataset.__getitems__(trials)
     assert batch.images.shape == (128, 1, 72, 128)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_batches_read_in_parts_from_a_zip_over_http_equal_the_folders(
+    tmp_path: Path, compression: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batches of 4.7 MB are read on the batch threads in parts, here from one remote zip by two threads at once."""
+    pytest.importorskip("aiohttp")
+    readers: set[str] = set()
+    read_into = TrialReader.read_into
+
+    def recorded(self: TrialReader, trials: np.ndarray, out: np.ndarray) -> None:
+        readers.add(threading.current_thread().name.split("_")[0])
+        read_into(self, trials, out)
+
+    monkeypatch.setattr(TrialReader, "read_into", recorded)
+    scan = write_tiny_scan(tmp_path / "scan", n_trials=300, image_shape=(1, 72, 128))
+    (tmp_path / "www").mkdir()
+    archive = zip_scan(scan, tmp_path / "www" / "scan.zip", compression)
+    server, _ = serve(archive.parent)
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/scan.zip"
+        remote = neuroxr_torch.static_loaders(url, batch_size=128, seed=0, include_behavior=True)["train"]
+        local = neuroxr_torch.static_loaders(scan, batch_size=128, seed=0, include_behavior=True)["train"]
+        for ours, theirs in zip(batches(remote), batches(local), strict=True):
+            for a, b in zip(ours, theirs, strict=True):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert readers == ({"MainThread", "neuroxr-batch"} if (os.cpu_count() or 1) > 1 else {"MainThread"})
