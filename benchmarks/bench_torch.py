@@ -133,7 +133,6 @@ class RawReads:
         self.order = np.random.default_rng(0).permutation(len(train))
         sizes = [paths[0].stat().st_size for paths in self.paths]
         self.buffers = [np.empty((BATCH, size), dtype=np.uint8) for size in sizes]
-        self.pool = ThreadPoolExecutor(os.cpu_count() or 1)
 
     def _read(self, rows: range, items: np.ndarray) -> None:
         for paths, buffer in zip(self.paths, self.buffers):
@@ -143,11 +142,13 @@ class RawReads:
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, ...]]:
         cores = os.cpu_count() or 1
-        for start in range(0, len(self.order), BATCH):
-            items = self.order[start : start + BATCH]
-            step = -(-len(items) // cores)
-            list(self.pool.map(lambda first: self._read(range(first, min(first + step, len(items))), items), range(0, len(items), step)))
-            yield tuple(buffer[: len(items)] for buffer in self.buffers)
+        with ThreadPoolExecutor(cores) as pool:
+            for start in range(0, len(self.order), BATCH):
+                items = self.order[start : start + BATCH]
+                step = -(-len(items) // cores)
+                parts = [range(first, min(first + step, len(items))) for first in range(0, len(items), step)]
+                list(pool.map(lambda rows: self._read(rows, items), parts))
+                yield tuple(buffer[: len(items)] for buffer in self.buffers)
 
 
 def whole(batch: DataPoint) -> DataPoint:
