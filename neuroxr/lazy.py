@@ -24,7 +24,7 @@ import mmap
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -137,6 +137,41 @@ def _threads() -> int:
     return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
 
 
+#: The threads that run the parts of one read or computation at once (:func:`in_parts`; this process's, a
+#: forked process makes its own). A thread starts only when no other is idle, so a call runs as many
+#: parts at once as it hands over, up to this many.
+PART_THREADS = PerProcess(lambda: ThreadPoolExecutor(max(32, 2 * (os.cpu_count() or 1)), thread_name_prefix="neuroxr-parts"))
+
+
+def even_parts(count: int, parts: int) -> list[slice]:
+    """``range(count)`` in at most ``parts`` contiguous slices of about equal length.
+
+    >>> even_parts(10, 3), even_parts(1, 2), even_parts(0, 2)
+    ([slice(0, 4, None), slice(4, 8, None), slice(8, 10, None)], [slice(0, 1, None)], [])
+    """
+    step = max(1, -(-count // max(1, parts)))
+    return [slice(start, min(start + step, count)) for start in range(0, count, step)]
+
+
+def in_parts(work: Callable[[slice], object], parts: Sequence[slice]) -> None:
+    """Run ``work`` on every slice of ``parts`` at once: the first on this thread, the others on
+    :data:`PART_THREADS`. Every part is done, or has failed, before it returns or raises the first error.
+
+    >>> seen = []
+    >>> in_parts(seen.append, even_parts(10, 2))
+    >>> sorted(index for part in seen for index in range(10)[part]) == list(range(10))
+    True
+    """
+    others = [PART_THREADS.get().submit(work, part) for part in parts[1:]]
+    try:
+        if parts:
+            work(parts[0])
+    finally:
+        wait(others)  # nothing may use the rows, nor the error be raised, while a part still runs
+    for other in others:
+        other.result()
+
+
 #: A check of a block as read: ``check(trials, stored_values, files)`` raises a ScanError naming a file, or returns.
 BlockCheck = Callable[[np.ndarray, np.ndarray, NumberedFiles], None]
 
@@ -207,13 +242,12 @@ class TrialReader:
         threads = max(1, min(threads or _threads(), count))
         per_block = max(1, min(chunking.trials_per_chunk(self.header.payload_bytes, count), math.ceil(count / threads)))
         blocks = [slice(start, min(start + per_block, count)) for start in range(0, count, per_block)]
-        if threads == 1 or len(blocks) <= 1:
-            for block in blocks:
+
+        def read(group: slice) -> None:  # one thread's share of the blocks, in order
+            for block in blocks[group]:
                 self.read_into(trials[block], out[block])
-            return out
-        with ThreadPoolExecutor(threads, thread_name_prefix="neuroxr-read") as pool:
-            for done in [pool.submit(self.read_into, trials[block], out[block]) for block in blocks]:
-                done.result()
+
+        in_parts(read, even_parts(len(blocks), threads))
         return out
 
     def _fill(self, numbers: np.ndarray, out: np.ndarray) -> None:

@@ -532,13 +532,13 @@ def test_a_shuffled_batch_is_read_and_standardised_without_copies_of_itself(tmp_
     images = np.stack([np.load(scan / "data/images" / f"{trial}.npy") for trial in trials])
     mean, std = (np.load(scan / "meta/statistics/images/all" / f"{stat}.npy") for stat in ("mean", "std"))
     np.testing.assert_array_equal(batch.images.numpy(), ((images - mean) / std).astype(np.float32))
-    # a batch this size was read and standardised in parts, on the process's batch threads
-    assert any(thread.name.startswith("neuroxr-batch") for thread in threading.enumerate()) or (os.cpu_count() or 1) < 2
+    # a batch this size was read and standardised in parts, on the process's part threads
+    assert any(thread.name.startswith("neuroxr-parts") for thread in threading.enumerate()) or (os.cpu_count() or 1) < 2
 
 
 @pytest.mark.parametrize("part", ["first", "last"])
 def test_a_bad_file_in_a_batch_read_in_parts_is_named_whichever_part_reads_it(tmp_path: Path, part: str) -> None:
-    """A batch of 4.7 MB is read on the batch threads in parts; a file that does not match its header fails
+    """A batch of 4.7 MB is read on the part threads in parts; a file that does not match its header fails
     the batch with the ScanError of that file, from this thread's part or another's, and the next batch reads."""
     scan = write_tiny_scan(tmp_path, n_trials=300, image_shape=(1, 72, 128))
     dataset = neuroxr_torch.static_loaders(scan, batch_size=128, seed=0)["train"].dataset
@@ -558,7 +558,7 @@ def test_a_bad_file_in_a_batch_read_in_parts_is_named_whichever_part_reads_it(tm
 def test_batches_read_in_parts_from_a_zip_over_http_equal_the_folders(
     tmp_path: Path, compression: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Batches of 4.7 MB are read on the batch threads in parts, here from one remote zip by two threads at once."""
+    """Batches of 4.7 MB are read on the part threads in parts, here from one remote zip by two threads at once."""
     pytest.importorskip("aiohttp")
     readers: set[str] = set()
     read_into = TrialReader.read_into
@@ -582,4 +582,4 @@ def test_batches_read_in_parts_from_a_zip_over_http_equal_the_folders(
     finally:
         server.shutdown()
         server.server_close()
-    assert readers == ({"MainThread", "neuroxr-batch"} if (os.cpu_count() or 1) > 1 else {"MainThread"})
+    assert readers == ({"MainThread", "neuroxr-parts"} if (os.cpu_count() or 1) > 1 else {"MainThread"})

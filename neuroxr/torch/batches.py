@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import os
 from collections import namedtuple
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -37,8 +36,7 @@ from xarray.core import indexing as xr_indexing
 from neuroxr import datamodel
 from neuroxr.analysis.standardization import StandardizationRule
 from neuroxr.errors import DatasetError
-from neuroxr.lazy import BLOCKS, TrialReader, WholeReadArray
-from neuroxr.sources import PerProcess
+from neuroxr.lazy import BLOCKS, TrialReader, WholeReadArray, even_parts, in_parts
 from neuroxr.torch import transforms
 from neuroxr.torch.parcels import PARCELS, Parcel, narrow
 
@@ -236,41 +234,28 @@ def _neurons(responses: np.ndarray, neurons: np.ndarray, axis: int) -> np.ndarra
 
 #: Bytes of float64 arithmetic at a time when a float32 batch is standardised in place (a few trials of release images).
 STANDARDIZE_BLOCK = 2**19
-#: Bytes of a batch cast and standardised at a time in the main process (a few trials of release images: they stay in the cache).
+#: Bytes of a batch handled at a time so that each piece stays in the cache (a few trials of release images): cast and
+#: standardised in the main process, read and narrowed into a parcel in a worker.
 CACHE_BLOCK = 2**19
 
 
 #: Bytes of a batch from which the main process (no ``DataLoader`` workers) reads and standardises it on
 #: every core, in contiguous parts of its trials: files are read and numpy computes without the GIL.
 PARALLEL_BATCH_BYTES = 2**20
-#: The threads that share that work (this process's; a forked process makes its own).
 CORES = os.cpu_count() or 1
-BATCH_THREADS = PerProcess(lambda: ThreadPoolExecutor(CORES, thread_name_prefix="neuroxr-batch"))
 
 
-def in_parts(work: Callable[[slice], None], count: int, nbytes: int) -> None:
-    """Run ``work`` on contiguous slices of ``range(count)`` covering it: on :data:`BATCH_THREADS`, one slice per core,
-    when the rows hold at least :data:`PARALLEL_BATCH_BYTES` and this is not a ``DataLoader`` worker (whose
-    siblings use the other cores); else ``work(slice(0, count))``.
+def batch_parts(count: int, nbytes: int) -> list[slice]:
+    """How the ``count`` rows of a batch of ``nbytes`` are shared out (:func:`neuroxr.lazy.in_parts`): one
+    contiguous part per core when they hold at least :data:`PARALLEL_BATCH_BYTES` and this is not a
+    ``DataLoader`` worker (whose siblings use the other cores), else one part.
 
-    >>> seen = []
-    >>> in_parts(seen.append, 10, 2**30)
-    >>> sorted(index for part in seen for index in range(10)[part]) == list(range(10))
-    True
+    >>> batch_parts(128, 2**20) == even_parts(128, CORES), batch_parts(128, 2**19)
+    (True, [slice(0, 128, None)])
     """
-    threads = CORES
-    if count < 2 or threads < 2 or nbytes < PARALLEL_BATCH_BYTES or get_worker_info() is not None:
-        work(slice(0, count))
-        return
-    step = -(-count // threads)
-    parts = [slice(start, min(start + step, count)) for start in range(0, count, step)]
-    others = [BATCH_THREADS.get().submit(work, part) for part in parts[1:]]
-    try:
-        work(parts[0])  # this thread takes a part too
-    finally:
-        wait(others)  # every part done (or failed) before the rows are used or the error raised
-    for other in others:
-        other.result()
+    if nbytes < PARALLEL_BATCH_BYTES or get_worker_info() is not None:
+        return [slice(0, count)]
+    return even_parts(count, CORES)
 
 
 def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: np.ndarray, *, to_float32: bool = False) -> np.ndarray:
@@ -295,7 +280,7 @@ def _standardized(rules: Mapping[str, StandardizationRule], name: str, values: n
         part = values[trials]
         _standardize_in_place(rule, part, wide, max(1, STANDARDIZE_BLOCK * len(part) // count))
 
-    in_parts(standardize, count, values.nbytes)
+    in_parts(standardize, batch_parts(count, values.nbytes))
     return values
 
 
@@ -417,7 +402,7 @@ class ScanBatches(Dataset):
         layout += [(other, np.dtype(np.float32), values[other].shape) for other in self.pipeline.fields if other != name]
         parcel = PARCELS.get().pack(layout, (name,))
         arrays = parcel.arrays()
-        rows = max(1, STANDARDIZE_BLOCK // max(1, reader.header.payload_bytes))
+        rows = max(1, CACHE_BLOCK // max(1, reader.header.payload_bytes))
         block = np.empty((min(rows, len(trials)), *reader.header.shape), dtype=reader.dtype)
         for start in range(0, len(trials), rows):
             chunk = trials[start : start + rows]
@@ -512,12 +497,11 @@ class ScanBatches(Dataset):
 
 
 def _read_release_files(reader: TrialReader, trials: np.ndarray, shared: dict[int, torch.Tensor] | None) -> np.ndarray:
-    """``reader.read(trials)`` (in parts on every core: :func:`in_parts`); into shared memory (recorded in ``shared``)
+    """``reader.read(trials)`` (in parts on every core: :func:`batch_parts`); into shared memory (recorded in ``shared``)
     when that is given and the files hold float32."""
     if shared is None or reader.dtype != np.float32:
         out = BLOCKS.get().empty((len(trials), *reader.header.shape), reader.dtype)
-        in_parts(lambda rows: reader.read_into(trials[rows], out[rows]), len(trials), out.nbytes)
-        return out
+        return reader.read_parallel(trials, out, threads=len(batch_parts(len(trials), out.nbytes)))
     tensor = torch.empty((len(trials), *reader.header.shape), dtype=torch.float32).share_memory_()
     array = tensor.numpy()
     reader.read_into(trials, array)
